@@ -1,0 +1,101 @@
+//! Entry point: wires telemetry, settings, state and the listener, and nothing else.
+
+use std::{io::Write, net::SocketAddr, process::ExitCode};
+
+use ai_service::{
+    AppState, Dependencies, app, build_services, commands, config::Settings, serve, shutdown_signal, telemetry,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // A missing .env is normal; it never overrides the real environment.
+    let _ = dotenvy::dotenv();
+    match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => run().await,
+        Some("check") => check().await,
+        Some("healthcheck") => healthcheck().await,
+        Some("openapi") => {
+            let yaml = ai_service::routes::openapi().to_yaml().unwrap_or_default();
+            exit(std::io::stdout().write_all(yaml.as_bytes()).is_ok())
+        }
+        Some(other) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "unknown command `{other}`; usage: ai-service [serve|check|healthcheck|openapi]"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+async fn run() -> ExitCode {
+    let settings = Settings::from_env();
+    telemetry::init(settings.as_ref().map(|s| s.log_format).unwrap_or_default());
+    let settings = match settings {
+        Ok(settings) => settings,
+        Err(err) => {
+            tracing::error!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    let services = match build_services(&settings, Dependencies::default()) {
+        Ok(services) => services,
+        Err(err) => {
+            tracing::error!("{err:?}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(credentials = ?services.credentials, "configuration: {}", settings.summary());
+    if matches!(settings.backend, ai_service::config::Backend::Offline) {
+        tracing::warn!(
+            "no model is configured: serving built-in offline descriptions and placeholder images. \
+             Set USE_AZURE_OPENAI=True with AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT_NAME \
+             (and USE_AZURE_AD=True for passwordless auth), or OPENAI_API_KEY, or USE_LOCAL_LLM=True with LOCAL_LLM_ENDPOINT"
+        );
+    }
+    let grace = settings.limits.shutdown_grace;
+    let state = AppState::new(&settings, services);
+    let address = SocketAddr::from(([0, 0, 0, 0], settings.port));
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!("cannot listen on {address}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(%address, "listening");
+    match serve(listener, app(state), shutdown_signal(), grace).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!("server error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn check() -> ExitCode {
+    let mut out = std::io::stdout();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(err) => {
+            let _ = writeln!(out, "configuration: FAILED: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    exit(commands::check(&settings, Dependencies::default(), &mut out).await)
+}
+
+async fn healthcheck() -> ExitCode {
+    let port = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5001);
+    exit(commands::healthcheck(port).await)
+}

@@ -1,0 +1,92 @@
+//! The API's routes and its OpenAPI document, generated from the handlers.
+
+pub mod description;
+pub mod health;
+pub mod image;
+
+use axum::{Json, Router, http::HeaderMap, routing::get};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::AppState;
+
+/// An error answered with a sentence.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A sentence the store-admin shows to a person.
+    #[schema(example = "Error generating description: the model did not answer in time; try again.")]
+    pub detail: String,
+}
+
+/// One validation problem, in FastAPI's form.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidationIssueBody {
+    /// pydantic's error type, e.g. `missing`, `string_type`, `json_invalid`, `extra_forbidden`.
+    #[serde(rename = "type")]
+    #[schema(example = "missing")]
+    pub kind: String,
+    /// Where the problem is, e.g. `["body", "name"]`.
+    #[schema(value_type = Vec<Object>, example = json!(["body", "name"]))]
+    pub loc: Vec<serde_json::Value>,
+    /// What is wrong.
+    #[schema(example = "Field required")]
+    pub msg: String,
+    /// The offending input.
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+}
+
+/// A body that does not validate: FastAPI's list form. (A content-filter 422 carries a sentence instead.)
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ValidationErrorBody {
+    /// Every problem found.
+    pub detail: Vec<ValidationIssueBody>,
+}
+
+/// The OpenAPI document's header; paths come from the routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ai-service",
+        description = "Generates product descriptions and images for the AKS Store Demo with Azure OpenAI, \
+                       authenticating passwordlessly with Microsoft Entra Workload ID.",
+        license(name = "MIT")
+    ),
+    tags(
+        (name = "generate", description = "Product text and images"),
+        (name = "health", description = "Liveness and capabilities")
+    )
+)]
+pub struct ApiDoc;
+
+/// The documented routes, as an OpenAPI router.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(description::generate_description))
+        .routes(routes!(image::generate_image))
+}
+
+/// The OpenAPI document, as committed in `openapi.yaml`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+/// The routes plus `/openapi.json` and the interactive `/docs` page (served from the binary, offline).
+pub fn router() -> Router<AppState> {
+    let (router, api) = api_router().split_for_parts();
+    let document = api.clone();
+    router
+        .route("/openapi.json", get(move || async move { Json(document) }))
+        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
+}
+
+/// The caller's (or generated) `x-request-id`.
+pub fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
