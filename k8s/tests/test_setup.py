@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""Tests of k8s/setup.sh against the fake az and kubectl in k8s/tests/fakes.
+
+Each scenario runs the real script with the fakes first on PATH and a fresh
+state directory, then asserts on its exit code, its messages, the commands
+the fakes recorded (one line each, in order) and the state they were left
+in. Prints one "ok - ..." or "not ok - ..." line per check (k8s/test.sh
+counts them) and exits 1 if any failed.
+"""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SETUP = os.path.join(os.path.dirname(HERE), "setup.sh")
+FAKES = os.path.join(HERE, "fakes")
+SETTINGS = ["RG_NAME", "AKS_NAME", "MANAGED_IDENTITY_NAME", "FEDERATED_CREDENTIAL_NAME", "SERVICE_ACCOUNT_NAMESPACE",
+            "SERVICE_ACCOUNT_NAME", "IMAGE", "AOAI_NAME", "AOAI_RG_NAME", "AOAI_DEPLOYMENT_NAME", "ROLLOUT_TIMEOUT",
+            "VERBOSE", "KUBECONFIG"]
+ROLE = "Cognitive Services OpenAI User"
+ACCOUNT_ID = ("/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/myResourceGroup"
+              "/providers/Microsoft.CognitiveServices/accounts/myaoai")
+MUTATING = ("create", "update", "delete", "get-credentials")
+RESULTS = []
+
+
+def check(name, condition, detail=""):
+    RESULTS.append(bool(condition))
+    if condition:
+        print(f"ok - setup.sh: {name}")
+    else:
+        text = str(detail).strip().replace("\n", "\n    ")
+        print(f"not ok - setup.sh: {name}" + (f"\n    {text}" if text else ""))
+
+
+class Run:
+    """One run of setup.sh: exit code, output, recorded commands."""
+
+    def __init__(self, proc, log_path):
+        self.rc, self.out, self.err = proc.returncode, proc.stdout, proc.stderr
+        self.calls = []
+        if os.path.exists(log_path):
+            with open(log_path) as f:
+                self.calls = [shlex.split(line) for line in f if line.strip()]
+
+    def detail(self):
+        return f"rc={self.rc}\n--- stderr ---\n{self.err[-3000:]}\n--- calls ---\n" + "\n".join(
+            shlex.join(c) for c in self.calls[-40:])
+
+    def find(self, *prefix):
+        """Index of the first recorded call starting with these words, or -1."""
+        for i, call in enumerate(self.calls):
+            if tuple(call[:len(prefix)]) == prefix:
+                return i
+        return -1
+
+    def call(self, *prefix):
+        i = self.find(*prefix)
+        return self.calls[i] if i >= 0 else []
+
+    def changes(self):
+        return [c for c in self.calls if c[0] == "az" and any(w in MUTATING for w in c[1:5] if not w.startswith("-"))
+                or c[:2] in (["kubectl", "apply"], ["kubectl", "create"], ["kubectl", "delete"])]
+
+
+def flag(call, name):
+    return call[call.index(name) + 1] if name in call else None
+
+
+class World:
+    """A state directory for the fakes, and a way to run setup.sh in it."""
+
+    def __init__(self, root, name):
+        self.dir = os.path.join(root, name)
+        self.state = os.path.join(self.dir, "state")
+        os.makedirs(self.state)
+        self.bin = os.path.join(root, "bin")
+        self.runs = 0
+
+    def az_state(self):
+        with open(os.path.join(self.state, "az.json")) as f:
+            return json.load(f)
+
+    def edit_az(self, fn):
+        path = os.path.join(self.state, "az.json")
+        if not os.path.exists(path):  # let the fake write its default world
+            subprocess.run([sys.executable, os.path.join(FAKES, "az"), "group", "exists", "--name", "x"],
+                           env=dict(os.environ, FAKE_STATE=self.state), capture_output=True, check=True)
+        state = self.az_state()
+        fn(state)
+        with open(path, "w") as f:
+            json.dump(state, f)
+
+    def k8s_object(self, ns, kind, name):
+        with open(os.path.join(self.state, "k8s", ns, kind, name + ".json")) as f:
+            return json.load(f)
+
+    def k8s_objects(self, ns, kind):
+        d = os.path.join(self.state, "k8s", ns, kind)
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def applied(self):
+        d = os.path.join(self.state, "applied")
+        if not os.path.isdir(d):
+            return ""
+        return "".join(open(os.path.join(d, f)).read() for f in sorted(os.listdir(d)))
+
+    def copy(self, name):
+        other = World(os.path.dirname(self.dir), name)
+        shutil.rmtree(other.state)
+        shutil.copytree(self.state, other.state)
+        return other
+
+    def run(self, *args, path=None, **env):
+        self.runs += 1
+        log = os.path.join(self.dir, f"calls-{self.runs}.log")
+        full = {k: v for k, v in os.environ.items() if k not in SETTINGS and not k.startswith("FAKE_")}
+        full.update(PATH=path or f"{self.bin}:{os.environ['PATH']}", FAKE_STATE=self.state, FAKE_LOG=log,
+                    FAKE_REAL_KUBECTL=REAL_KUBECTL, RETRY_DELAY="0", KUBECONFIG=os.path.join(self.state, "kubeconfig"))
+        full.update(env)
+        proc = subprocess.run(["bash", SETUP, *args], capture_output=True, text=True, env=full, timeout=300,
+                              stdin=subprocess.DEVNULL)
+        return Run(proc, log)
+
+
+def make_bin(root):
+    """Wrappers that run the fakes with this interpreter (which has PyYAML
+    and jmespath), and a PATH that has everything but az."""
+    bin_dir = os.path.join(root, "bin")
+    os.makedirs(bin_dir)
+    for tool in ("az", "kubectl"):
+        path = os.path.join(bin_dir, tool)
+        with open(path, "w") as f:
+            f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(os.path.join(FAKES, tool))} "$@"\n')
+        os.chmod(path, 0o755)
+    no_az = os.path.join(root, "no-az")
+    os.makedirs(no_az)
+    for d in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(d) or d == bin_dir:
+            continue
+        for name in os.listdir(d):
+            target = os.path.join(d, name)
+            if name not in ("az", "kubectl") and not os.path.exists(os.path.join(no_az, name)) and os.access(target, os.X_OK):
+                os.symlink(target, os.path.join(no_az, name))
+    os.symlink(os.path.join(bin_dir, "kubectl"), os.path.join(no_az, "kubectl"))
+    return no_az
+
+
+def test_first_run(w):
+    r = w.run()
+    check("a first run succeeds", r.rc == 0, r.detail())
+    state = w.az_state()
+    ident = state["identities"].get("myResourceGroup/myIdentity", {})
+    issuer_prefix = "https://eastus.oic.prod-aks.azure.com/22222222-2222-2222-2222-222222222222/"
+    reads_issuer = [i for i, c in enumerate(r.calls)
+                    if c[:3] == ["az", "aks", "show"] and flag(c, "--query") == "oidcIssuerProfile.issuerUrl"]
+    # The seed's order. (The account id is looked up earlier, as a
+    # prerequisite, so that a missing account stops the script before any
+    # change.)
+    steps = [("az aks update", r.find("az", "aks", "update")),
+             ("az aks show --query oidcIssuerProfile.issuerUrl", reads_issuer[0] if reads_issuer else -1),
+             ("az identity create", r.find("az", "identity", "create")),
+             ("az role assignment create", r.find("az", "role", "assignment", "create")),
+             ("az identity federated-credential create", r.find("az", "identity", "federated-credential", "create")),
+             ("az aks get-credentials", r.find("az", "aks", "get-credentials")),
+             ("az cognitiveservices account show", r.find("az", "cognitiveservices", "account", "show", "--name", "myaoai",
+                                                          "--resource-group", "myResourceGroup", "--query",
+                                                          "properties.endpoint")),
+             ("az cognitiveservices account deployment list", r.find("az", "cognitiveservices", "account", "deployment", "list")),
+             ("kubectl apply", r.find("kubectl", "apply"))]
+    positions = [p for _, p in steps]
+    check("the seed's commands run, in the seed's order",
+          all(p >= 0 for p in positions) and positions == sorted(positions)
+          and 0 <= r.find("az", "resource", "list") < positions[0],
+          "\n".join(f"{name}: call #{p}" for name, p in steps) + "\n" + r.detail())
+
+    update = r.call("az", "aks", "update")
+    check("az aks update enables the OIDC issuer and workload identity",
+          "--enable-oidc-issuer" in update and "--enable-workload-identity" in update
+          and flag(update, "--resource-group") == "myResourceGroup" and flag(update, "--name") == "myAKSCluster", update)
+    check("the issuer URL is read with --query oidcIssuerProfile.issuerUrl",
+          any(c[:3] == ["az", "aks", "show"] and flag(c, "--query") == "oidcIssuerProfile.issuerUrl" for c in r.calls))
+    create = r.call("az", "identity", "create")
+    check("az identity create makes myIdentity in myResourceGroup",
+          flag(create, "--name") == "myIdentity" and flag(create, "--resource-group") == "myResourceGroup", create)
+    check("the Azure OpenAI account is found by resource type",
+          flag(r.call("az", "resource", "list"), "--resource-type") == "Microsoft.CognitiveServices/accounts")
+    role = r.call("az", "role", "assignment", "create")
+    check("the role assignment names the role, the identity's principal id, its type and the account's id",
+          flag(role, "--role") == ROLE and flag(role, "--assignee-object-id") == ident.get("principalId")
+          and flag(role, "--assignee-principal-type") == "ServicePrincipal" and flag(role, "--scope") == ACCOUNT_ID, role)
+    fic = r.call("az", "identity", "federated-credential", "create")
+    cluster_issuer = state["federatedCredentials"].get("myResourceGroup/myIdentity/myFederatedCredential", {}).get("issuer", "")
+    check("the federated credential trusts the cluster's issuer for system:serviceaccount:default:ai-service-account",
+          (flag(fic, "--issuer") or "").startswith(issuer_prefix)
+          and flag(fic, "--subject") == "system:serviceaccount:default:ai-service-account"
+          and flag(fic, "--audience") == "api://AzureADTokenExchange" and flag(fic, "--identity-name") == "myIdentity"
+          and flag(fic, "--name") == "myFederatedCredential" and cluster_issuer == flag(fic, "--issuer"), fic)
+    check("the chat deployment is chosen over the image deployment listed first",
+          "value: gpt-5-mini" in w.applied(), w.applied())
+    applied = w.applied()
+    check("the applied manifests carry the client id, the endpoint and no placeholder",
+          f"azure.workload.identity/client-id: {ident.get('clientId')}" in applied
+          and "value: https://myaoai.openai.azure.com/" in applied and "YOUR-" not in applied
+          and "00000000-0000-0000-0000-000000000000" not in applied, applied)
+    check("the ServiceAccount, Deployment and Service exist in namespace default",
+          w.k8s_objects("default", "serviceaccount") == ["ai-service-account.json"]
+          and w.k8s_objects("default", "deployment") == ["ai-service.json"]
+          and w.k8s_objects("default", "service") == ["ai-service.json"])
+    check("the script waits for the rollout", r.find("kubectl", "rollout", "status") > r.find("kubectl", "apply"))
+    return r
+
+
+def test_second_run(w):
+    before = w.az_state()["changes"]
+    r = w.run()
+    check("a second run succeeds", r.rc == 0, r.detail())
+    creates = [c for c in r.changes() if c[:3] != ["az", "aks", "get-credentials"] and c[:2] != ["kubectl", "apply"]]
+    check("a second run issues no create, update, assignment or delete", not creates, "\n".join(map(shlex.join, creates)))
+    check("a second run changes nothing in Azure", w.az_state()["changes"] == before, w.az_state()["changes"])
+    check("a second run reports every step as already done",
+          r.err.count("skipping") >= 4 and "unchanged" in r.out + r.err, r.err)
+
+
+def test_verify(healthy):
+    r = healthy.run("--verify")
+    check("--verify passes on a healthy setup", r.rc == 0 and "everything is in place" in r.err and "problem:" not in r.err,
+          r.detail())
+    check("--verify runs '/ai-service check' in the pod",
+          any(c[:2] == ["kubectl", "exec"] and c[-2:] == ["/ai-service", "check"] for c in r.calls))
+    check("--verify changes nothing", not [c for c in r.changes() if c[:3] != ["az", "aks", "get-credentials"]],
+          r.detail())
+
+    w = healthy.copy("no-subdomain")
+    w.edit_az(lambda s: s["accounts"]["myResourceGroup/myaoai"].update(customSubDomainName=None))
+    r = w.run("--verify")
+    check("--verify reports a missing custom subdomain, with the fix",
+          r.rc != 0 and "no custom subdomain" in r.err and "--custom-domain" in r.err, r.detail())
+
+    w = healthy.copy("api-key")
+    pod = w.k8s_objects("default", "pod")[0]
+    path = os.path.join(w.state, "k8s", "default", "pod", pod)
+    obj = json.load(open(path))
+    obj["spec"]["containers"][0]["env"].append({"name": "AZURE_OPENAI_API_KEY", "value": "not-a-real-key"})
+    json.dump(obj, open(path, "w"))
+    r = w.run("--verify")
+    check("--verify reports an API key in the pod's environment",
+          r.rc != 0 and "AZURE_OPENAI_API_KEY" in r.err and "problem:" in r.err, r.detail())
+
+    w = healthy.copy("wrong-subject")
+    w.edit_az(lambda s: s["federatedCredentials"]["myResourceGroup/myIdentity/myFederatedCredential"].update(
+        subject="system:serviceaccount:default:default"))
+    r = w.run("--verify")
+    check("--verify reports a federated credential with the wrong subject",
+          r.rc != 0 and "system:serviceaccount:default:default" in r.err and "AADSTS700213" in r.err, r.detail())
+
+    w = healthy.copy("no-role")
+    w.edit_az(lambda s: s.update(roleAssignments=[]))
+    r = w.run("--verify")
+    check("--verify reports a missing role assignment", r.rc != 0 and f"lacks the role '{ROLE}'" in r.err, r.detail())
+
+    w = healthy.copy("check-fails")
+    with open(os.path.join(w.state, "check.json"), "w") as f:
+        json.dump({"rc": 1, "out": "error: the token exchange failed: AADSTS70021"}, f)
+    r = w.run("--verify")
+    check("--verify reports a failing '/ai-service check' with its output",
+          r.rc != 0 and "AADSTS70021" in r.err and "'/ai-service check' in the pod failed" in r.err, r.detail())
+
+
+def test_failing_step(root):
+    w = World(root, "fail")
+    r = w.run(FAKE_FAIL="identity-create")
+    check("a failing step stops the script with a non-zero exit", r.rc != 0, r.detail())
+    check("the failure says what failed and what to do",
+          "error: Creating managed identity 'myIdentity' failed" in r.err and "Managed Identity Contributor" in r.err, r.err)
+    check("nothing runs after the failing command",
+          r.calls and r.calls[-1][:3] == ["az", "identity", "create"], r.detail())
+
+
+def test_prerequisites(root, no_az):
+    w = World(root, "no-az")
+    r = w.run(path=no_az)
+    check("without az on PATH the script stops with the prerequisite sentence",
+          r.rc != 0 and "The Azure CLI (az) is not on PATH" in r.err and not r.calls, r.detail())
+    r = World(root, "logged-out").run(FAKE_NOT_LOGGED_IN="1")
+    check("when az is logged out the script says to run 'az login'",
+          r.rc != 0 and "not logged in" in r.err and "az login" in r.err and len(r.calls) == 1, r.detail())
+    r = World(root, "no-rg").run(RG_NAME="nope")
+    check("a missing resource group is named, with the fix", r.rc != 0 and "Resource group 'nope' does not exist" in r.err,
+          r.detail())
+    r = World(root, "no-aks").run(AKS_NAME="otherCluster")
+    check("a missing cluster is named, with the fix",
+          r.rc != 0 and "AKS cluster 'otherCluster' was not found" in r.err, r.detail())
+
+    w = World(root, "two-accounts")
+    w.edit_az(lambda s: s["accounts"].update({"myResourceGroup/second": dict(s["accounts"]["myResourceGroup/myaoai"],
+                                                                             customSubDomainName="second")}))
+    r = w.run()
+    check("two Azure OpenAI accounts stop the script, asking for AOAI_NAME",
+          r.rc != 0 and "several Azure OpenAI accounts (myaoai,second)" in r.err and "AOAI_NAME" in r.err
+          and not r.changes(), r.detail())
+    r = w.run(AOAI_NAME="second")
+    role = r.call("az", "role", "assignment", "create")
+    check("AOAI_NAME picks the account", r.rc == 0 and flag(role, "--scope").endswith("/accounts/second")
+          and "https://second.openai.azure.com/" in w.applied(), r.detail())
+
+    w = World(root, "regional-endpoint")
+    w.edit_az(lambda s: s["accounts"]["myResourceGroup/myaoai"].update(customSubDomainName=None))
+    r = w.run()
+    check("an account without a custom subdomain stops the script before any change",
+          r.rc != 0 and "no custom subdomain" in r.err and not r.changes(), r.detail())
+
+
+def test_dry_run(root):
+    w = World(root, "dry")
+    r = w.run("--dry-run")
+    state = w.az_state()
+    check("--dry-run succeeds", r.rc == 0, r.detail())
+    check("--dry-run changes nothing (no create recorded, no kubeconfig, nothing applied)",
+          state["changes"] == [] and not r.changes() and not os.path.exists(os.path.join(w.state, "kubeconfig"))
+          and not w.applied(), r.detail())
+    check("--dry-run prints every command that would change something",
+          all(f"would run: {s}" in r.err for s in ("az aks update", "az identity create", "az role assignment create",
+                                                   "az identity federated-credential create", "az aks get-credentials",
+                                                   "kubectl apply")), r.err)
+    check("--dry-run prints the manifests it would apply, with the endpoint filled in",
+          "kind: Deployment" in r.out and "value: https://myaoai.openai.azure.com/" in r.out, r.out)
+
+
+def test_teardown(w):
+    r = w.run("--teardown")
+    state = w.az_state()
+    check("--teardown succeeds", r.rc == 0, r.detail())
+    check("--teardown deletes the identity, its federated credential and role assignment",
+          not state["identities"] and not state["federatedCredentials"] and not state["roleAssignments"], state)
+    check("--teardown deletes the ServiceAccount, Deployment and Service",
+          not any(w.k8s_objects("default", k) for k in ("serviceaccount", "deployment", "service", "pod")))
+    fic, role, ident = (r.find("az", "identity", "federated-credential", "delete"), r.find("az", "role", "assignment", "delete"),
+                        r.find("az", "identity", "delete"))
+    check("--teardown deletes the role assignment and credential before the identity",
+          0 <= fic < ident and 0 <= role < ident, r.detail())
+    r = w.run("--teardown")
+    check("a second --teardown succeeds and deletes nothing in Azure",
+          r.rc == 0 and not [c for c in r.changes() if c[0] == "az" and "delete" in c], r.detail())
+
+
+def test_custom_names(root):
+    w = World(root, "custom")
+    r = w.run(SERVICE_ACCOUNT_NAMESPACE="store", SERVICE_ACCOUNT_NAME="ai-sa", IMAGE="myacr.azurecr.io/ai-service:1.2.3",
+              MANAGED_IDENTITY_NAME="ai-id", FEDERATED_CREDENTIAL_NAME="ai-fic")
+    applied = w.applied()
+    fic = r.call("az", "identity", "federated-credential", "create")
+    check("custom namespace, ServiceAccount, image and identity names are used throughout",
+          r.rc == 0 and flag(fic, "--subject") == "system:serviceaccount:store:ai-sa" and flag(fic, "--identity-name") == "ai-id"
+          and r.find("kubectl", "create", "namespace", "store") >= 0
+          and "namespace: store" in applied and "namespace: default" not in applied
+          and "serviceAccountName: ai-sa" in applied and "image: myacr.azurecr.io/ai-service:1.2.3" in applied
+          and w.k8s_objects("store", "serviceaccount") == ["ai-sa.json"], r.detail() + applied)
+
+
+def test_replication_retry(root):
+    w = World(root, "replication")
+    r = w.run(FAKE_PRINCIPAL_DELAY="2")
+    attempts = [c for c in r.calls if c[:4] == ["az", "role", "assignment", "create"]]
+    check("a role assignment for a not yet replicated identity is retried",
+          r.rc == 0 and len(attempts) == 3 and "not replicated yet" in r.err, r.detail())
+
+
+def test_recreated_cluster(w):
+    w.edit_az(lambda s: s["federatedCredentials"]["myResourceGroup/myIdentity/myFederatedCredential"].update(
+        issuer="https://eastus.oic.prod-aks.azure.com/old/"))
+    r = w.run()
+    upd = r.call("az", "identity", "federated-credential", "update")
+    check("a federated credential with a stale issuer is updated to the cluster's",
+          r.rc == 0 and upd and flag(upd, "--issuer") != "https://eastus.oic.prod-aks.azure.com/old/"
+          and not r.find("az", "identity", "federated-credential", "create") >= 0, r.detail())
+
+
+def test_cli(root):
+    w = World(root, "cli")
+    r = w.run("--help")
+    check("--help prints the usage and the settings",
+          r.rc == 0 and "Usage: k8s/setup.sh" in r.out and "AOAI_NAME" in r.out and not r.calls, r.detail())
+    r = w.run("--frobnicate")
+    check("an unknown flag is refused", r.rc != 0 and "Unknown argument '--frobnicate'" in r.err and not r.calls, r.detail())
+
+
+def main():
+    root = tempfile.mkdtemp(prefix="setup-test-")
+    try:
+        no_az = make_bin(root)
+        test_cli(root)
+        w = World(root, "main")
+        test_first_run(w)
+        test_second_run(w)
+        test_verify(w)
+        test_recreated_cluster(w.copy("recreated"))
+        test_teardown(w)
+        test_failing_step(root)
+        test_prerequisites(root, no_az)
+        test_dry_run(root)
+        test_custom_names(root)
+        test_replication_retry(root)
+    finally:
+        if os.environ.get("KEEP_TEST_STATE"):
+            print(f"# state kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0 if all(RESULTS) else 1
+
+
+REAL_KUBECTL = os.environ.get("FAKE_REAL_KUBECTL") or shutil.which("kubectl") or "/usr/bin/kubectl"
+
+if __name__ == "__main__":
+    sys.exit(main())
