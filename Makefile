@@ -1,0 +1,57 @@
+# ai-service: every command a developer or CI needs. `make` lists them.
+# CI runs `make test` (through .ci/run) and nothing else.
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+CARGO ?= cargo
+# The Dockerfile builds exactly this: a static glibc binary (no musl target on our machines).
+STATIC_TARGET := x86_64-unknown-linux-gnu
+STATIC_RUSTFLAGS := -C target-feature=+crt-static
+
+.PHONY: help run test fmt-check clippy test-rust openapi openapi-check k8s-test static-test static bench fuzz image toolchain
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+toolchain:
+	@command -v $(CARGO) >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)"; exit 1; }
+	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+run: toolchain ## Start the service on :5001 (PORT); with nothing configured it serves the offline default
+	$(CARGO) run --locked --bin ai-service
+
+test: fmt-check clippy test-rust k8s-test static-test ## The whole suite: fmt, clippy -D warnings, tests (incl. the openapi drift check), k8s and image checks
+
+fmt-check: toolchain ## Formatting check
+	$(CARGO) fmt --all -- --check
+
+clippy: toolchain ## Lints, warnings as errors
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+test-rust: toolchain ## Unit and integration tests (mocks over HTTPS with a test CA made at test time)
+	$(CARGO) test --locked --all-targets
+
+openapi-check: toolchain ## Fails when openapi.yaml differs from what the code generates
+	$(CARGO) test --locked --test openapi
+
+openapi: toolchain ## Rewrite openapi.yaml from the code
+	$(CARGO) run --locked --quiet --bin ai-service -- openapi > openapi.yaml
+
+k8s-test: ## Validate manifests, test setup.sh against fake az/kubectl, shellcheck and hadolint
+	bash k8s/test.sh
+
+static-test: toolchain ## Build the Dockerfile's static binary and run it in an empty root filesystem
+	bash scripts/static-rootfs-test.sh
+
+static: toolchain ## Build the static release binary the image ships
+	RUSTFLAGS="$(STATIC_RUSTFLAGS)" $(CARGO) build --locked --release --target $(STATIC_TARGET)
+
+bench: toolchain ## Benchmark against a mock Azure OpenAI + Entra over HTTPS (results in bench/results/)
+	bash bench/run.sh
+
+fuzz: toolchain ## Long fuzz run of request decoding and upstream parsing
+	FUZZ_CASES=100000 $(CARGO) test --locked --release --test fuzz -- --nocapture
+
+image: ## Build the container image (needs a Docker engine)
+	docker build -t ai-service:local .
