@@ -1,0 +1,102 @@
+//! A stand-in for Azure OpenAI and the Microsoft Entra token endpoint, over
+//! HTTPS with a CA it makes at startup, for `make bench`.
+//!
+//! Environment: `MOCK_LATENCY_MS` (chat latency, default 100), `MOCK_CA_OUT`
+//! (where to write the CA certificate), `MOCK_PORT_OUT` (where to write the
+//! port), `MOCK_TOKEN_LIFETIME` (seconds, default 3600).
+//! `GET /stats` returns the request counts; `PUT /latency/{ms}` changes the latency.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    routing::{get, post, put},
+};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Counters {
+    latency_ms: AtomicU64,
+    token_requests: AtomicU64,
+    chat_requests: AtomicU64,
+    token_lifetime: AtomicU64,
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let counters = Arc::new(Counters::default());
+    counters.latency_ms.store(env_number("MOCK_LATENCY_MS", 100), Ordering::Relaxed);
+    counters.token_lifetime.store(env_number("MOCK_TOKEN_LIFETIME", 3600), Ordering::Relaxed);
+
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ai-service bench CA");
+    let ca_key = rcgen::KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let leaf_key = rcgen::KeyPair::generate()?;
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?
+        .signed_by(&leaf_key, &ca, &ca_key)?;
+    if let Ok(path) = std::env::var("MOCK_CA_OUT") {
+        std::fs::write(path, ca.pem())?;
+    }
+
+    let app = Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/openai/deployments/{deployment}/chat/completions", post(chat))
+        .route("/stats", get(stats))
+        .route("/latency/{ms}", put(set_latency))
+        .with_state(counters);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    if let Ok(path) = std::env::var("MOCK_PORT_OUT") {
+        std::fs::write(path, port.to_string())?;
+    }
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(leaf.pem().into_bytes(), leaf_key.serialize_pem().into_bytes()).await?;
+    axum_server::from_tcp_rustls(listener, tls).serve(app.into_make_service()).await?;
+    Ok(())
+}
+
+async fn token(State(counters): State<Arc<Counters>>) -> Json<Value> {
+    let n = counters.token_requests.fetch_add(1, Ordering::Relaxed);
+    let lifetime = counters.token_lifetime.load(Ordering::Relaxed);
+    Json(json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": format!("bench-token-{n}")}))
+}
+
+async fn chat(State(counters): State<Arc<Counters>>) -> Json<Value> {
+    counters.chat_requests.fetch_add(1, Ordering::Relaxed);
+    let latency = counters.latency_ms.load(Ordering::Relaxed);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    Json(json!({
+        "id": "chatcmpl-bench", "object": "chat.completion", "created": 1_700_000_000, "model": "gpt-5-mini",
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
+                     "message": {"role": "assistant", "refusal": null,
+                                 "content": "A squeaky, bouncy, tail-wagging good time for every good dog."}}],
+        "usage": {"prompt_tokens": 60, "completion_tokens": 20, "total_tokens": 80}
+    }))
+}
+
+async fn stats(State(counters): State<Arc<Counters>>) -> Json<Value> {
+    Json(json!({
+        "token_requests": counters.token_requests.load(Ordering::Relaxed),
+        "chat_requests": counters.chat_requests.load(Ordering::Relaxed),
+    }))
+}
+
+async fn set_latency(State(counters): State<Arc<Counters>>, Path(ms): Path<u64>) -> &'static str {
+    counters.latency_ms.store(ms, Ordering::Relaxed);
+    "ok"
+}
