@@ -24,8 +24,9 @@ if ! command -v wrk >/dev/null; then
 fi
 
 cargo build --locked --release --bin ai-service --example mock_upstream
-bin=target/release/ai-service
-mock=target/release/examples/mock_upstream
+target_dir=${CARGO_TARGET_DIR:-target}
+bin=$target_dir/release/ai-service
+mock=$target_dir/release/examples/mock_upstream
 
 MOCK_LATENCY_MS=$LATENCY_MS MOCK_CA_OUT="$work/ca.pem" MOCK_PORT_OUT="$work/port" "$mock" &
 pids+=($!)

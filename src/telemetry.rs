@@ -39,7 +39,7 @@ where
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_span_list(false)
+                    .with_span_list(true)
                     .with_writer(writer),
             )
             .try_init(),

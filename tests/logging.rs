@@ -1,0 +1,91 @@
+//! JSON logs for collectors: one object a line, with the request id on every line of a request,
+//! including the upstream call's deployment, status, attempt and duration.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use ai_service::config::LogFormat;
+use common::*;
+use serde_json::{Value, json};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_log_line_of_a_request_is_json_and_carries_its_request_id() {
+    // Arrange
+    let captured = Captured::default();
+    let writer = captured.clone();
+    ai_service::telemetry::init_with(LogFormat::Json, "info,ai_service=debug", move || writer.clone());
+    let azure = azure_openai_answering("Logged.").await;
+    let app = spawn_app(azure_key_vars(&azure)).await;
+
+    // Act
+    let response = app
+        .client
+        .post(app.url("/generate/description"))
+        .header("x-request-id", "req-7f3a")
+        .json(&json!({"name": "Ball", "tags": ["dog"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "req-7f3a");
+
+    // Assert
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}")))
+        .collect();
+    for line in &lines {
+        assert!(
+            line["timestamp"].is_string() && line["level"].is_string() && line["message"].is_string(),
+            "{line}"
+        );
+    }
+    let of_request: Vec<&Value> = lines
+        .iter()
+        .filter(|line| {
+            line["spans"]
+                .as_array()
+                .is_some_and(|spans| spans.iter().any(|s| s["request_id"] == "req-7f3a"))
+        })
+        .collect();
+    let upstream = of_request
+        .iter()
+        .find(|line| line["message"] == "upstream answered")
+        .unwrap_or_else(|| panic!("no upstream line with the request id in:\n{text}"));
+    assert_eq!(upstream["level"], "DEBUG");
+    assert_eq!(upstream["status"], 200);
+    assert_eq!(upstream["attempt"], 1);
+    assert!(upstream["elapsed_ms"].is_u64());
+    assert!(
+        upstream["spans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["deployment"] == "gpt-5-mini"),
+        "{upstream}"
+    );
+    let finished = of_request
+        .iter()
+        .find(|line| line["message"] == "finished processing request");
+    assert!(
+        finished.is_some_and(|line| line["level"] == "INFO" && line["status"] == 200),
+        "{text}"
+    );
+    // And the upstream received the same id.
+    assert_eq!(azure.requests()[0].header("x-request-id"), Some("req-7f3a"));
+}

@@ -1,0 +1,123 @@
+//! `GET /metrics` counts what happened, in the Prometheus text format.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no sample `{series}` in:\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_count_requests_upstream_attempts_retries_and_token_acquisitions() {
+    // Arrange: Azure OpenAI with Entra through the (fake) Azure CLI; the third chat call is throttled once.
+    let azure = MockServer::start(|_, index| {
+        if index == 2 {
+            MockResponse::json(429, json!({"error": {"code": "429"}})).header("retry-after-ms", "10")
+        } else {
+            MockResponse::json(200, chat_completion("Counted."))
+        }
+    })
+    .await;
+    let az = FakeAz::logged_in("token-from-fake-az");
+    let mut deps = test_dependencies();
+    deps.executor = Some(az.executor());
+    let app = spawn_app_with(
+        vars(&[
+            ("USE_AZURE_OPENAI", "True"),
+            ("USE_AZURE_AD", "True"),
+            ("AZURE_OPENAI_ENDPOINT", &azure.url),
+            ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-5-mini"),
+            ("APP_VERSION", "9.9.9"),
+        ]),
+        deps,
+    )
+    .await;
+
+    // Act: three good descriptions (one retried), one invalid body, one health check.
+    for _ in 0..3 {
+        assert_eq!(
+            app.post_description(&json!({"name": "Ball", "tags": []}))
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(app.post_description(&json!({"name": 1})).await.status(), 422);
+    assert_eq!(app.get("/health").await.status(), 200);
+    let response = app.get("/metrics").await;
+
+    // Assert
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = response.text().await.unwrap();
+    assert_eq!(
+        sample(
+            &text,
+            r#"ai_service_http_requests_total{route="/generate/description",status="200"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"ai_service_http_requests_total{route="/generate/description",status="422"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"ai_service_http_requests_total{route="/health",status="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"ai_service_http_request_duration_seconds_count{route="/generate/description"}"#
+        ),
+        4.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"ai_service_upstream_requests_total{backend="azure-openai",status="200"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"ai_service_upstream_requests_total{backend="azure-openai",status="429"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"ai_service_upstream_retries_total{backend="azure-openai"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"ai_service_token_acquisitions_total{credential="AzureCliCredential",outcome="success"}"#
+        ),
+        1.0
+    );
+    // The scrape itself is in flight while it renders.
+    assert_eq!(sample(&text, "ai_service_http_requests_in_flight"), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            r#"ai_service_build_info{version="9.9.9",backend="azure-openai"}"#
+        ),
+        1.0
+    );
+    assert_eq!(azure.count(), 4);
+    assert_eq!(az.calls().len(), 1);
+}
