@@ -8,7 +8,7 @@ CARGO ?= cargo
 STATIC_TARGET := x86_64-unknown-linux-gnu
 STATIC_RUSTFLAGS := -C target-feature=+crt-static
 
-.PHONY: help run test fmt-check clippy test-rust openapi openapi-check k8s-test static-test static bench fuzz image toolchain
+.PHONY: help run test fmt-check clippy deps-check test-rust openapi openapi-check k8s-test static-test static bench fuzz image toolchain
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,13 +21,19 @@ toolchain:
 run: toolchain ## Start the service on :5001 (PORT); with nothing configured it serves the offline default
 	$(CARGO) run --locked --bin ai-service
 
-test: fmt-check clippy test-rust k8s-test static-test ## The whole suite: fmt, clippy -D warnings, tests (incl. the openapi drift check), k8s and image checks
+test: fmt-check clippy deps-check test-rust k8s-test static-test ## The whole suite: fmt, clippy -D warnings, tests (incl. the openapi drift check), k8s and image checks
 
 fmt-check: toolchain ## Formatting check
 	$(CARGO) fmt --all -- --check
 
 clippy: toolchain ## Lints, warnings as errors
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+deps-check: toolchain ## One version of each HTTP/TLS crate (a second reqwest beside azure_core's 0.13 is a bug)
+	@dups=$$($(CARGO) tree --locked -d -e normal --prefix none | grep -E '^(reqwest|hyper|rustls|http|azure_core) v' \
+	  | awk '{print $$1, $$2}' | sort -u | awk '{n[$$1]++} END {for (c in n) if (n[c] > 1) print c}'); \
+	if [ -n "$$dups" ]; then echo "more than one version of: $$dups"; exit 1; fi; \
+	echo "deps-check: one version each of reqwest, hyper, rustls, http, azure_core"
 
 test-rust: toolchain ## Unit and integration tests (mocks over HTTPS with a test CA made at test time)
 	$(CARGO) test --locked --all-targets
