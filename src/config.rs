@@ -362,6 +362,7 @@ impl Settings {
                 "image_endpoint={} image_deployment={} image_api_version={}",
                 image.endpoint, image.deployment, image.api_version
             )),
+            None if matches!(self.backend, Backend::Offline) => parts.push("image=offline-placeholder".to_owned()),
             None => parts.push("image=unset".to_owned()),
         }
         parts.push(format!("temperature={}", self.temperature));

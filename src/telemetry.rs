@@ -1,5 +1,7 @@
 //! Logging: one `init`, text or JSON lines, and the span every request runs in.
 
+use std::io::IsTerminal;
+
 use axum::{extract::MatchedPath, http::Request};
 use tracing::Span;
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt};

@@ -4,13 +4,18 @@ pub mod description;
 pub mod health;
 pub mod image;
 
-use axum::{Json, Router, http::HeaderMap, routing::get};
+use axum::{
+    Json, Router,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::AppState;
+use crate::{AppState, error::AppError};
 
 /// An error answered with a sentence.
 #[derive(Debug, Serialize, ToSchema)]
@@ -78,9 +83,20 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router() -> Router<AppState> {
     let (router, api) = api_router().split_for_parts();
     let document = api.clone();
+    let docs: Router<AppState> = SwaggerUi::new("/docs")
+        .config(utoipa_swagger_ui::Config::from("/openapi.json"))
+        .into();
+    // The docs handler answers an unknown asset with a bare 404; every error carries a `detail`.
+    let docs = docs.layer(axum::middleware::map_response(|response: Response| async move {
+        if response.status() == StatusCode::NOT_FOUND {
+            AppError::NotFound.into_response()
+        } else {
+            response
+        }
+    }));
     router
         .route("/openapi.json", get(move || async move { Json(document) }))
-        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
+        .merge(docs)
 }
 
 /// The caller's (or generated) `x-request-id`.

@@ -1,0 +1,357 @@
+//! The HTTP surface around the routes: `/health`, CORS, request ids, 404/405, the OpenAPI
+//! document and the docs page, and a `/health` that never waits on an upstream.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn product() -> Value {
+    json!({"name": "Catnip Carnival", "tags": ["cat", "toy"]})
+}
+
+#[tokio::test]
+async fn health_answers_exactly_status_version_capabilities_and_backend() {
+    // Arrange
+    let app = spawn_app(vec![]).await;
+
+    // Act
+    let response = app.get("/health").await;
+
+    // Assert
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let (status, body) = status_and_json(response).await;
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"status": "ok", "version": "0.1.0", "capabilities": ["description", "image"], "backend": "offline"})
+        )
+    );
+}
+
+#[tokio::test]
+async fn health_reports_app_version_and_the_azure_backend() {
+    let azure = azure_openai_answering("unused").await;
+    let mut config = azure_key_vars(&azure);
+    config.extend(vars(&[("APP_VERSION", "2.3.4-rc1")]));
+    let app = spawn_app(config).await;
+
+    let (status, body) = status_and_json(app.get("/health").await).await;
+
+    assert_eq!(
+        (status, body),
+        (
+            200,
+            json!({"status": "ok", "version": "2.3.4-rc1", "capabilities": ["description"], "backend": "azure-openai"})
+        )
+    );
+    assert_eq!(azure.count(), 0, "/health never calls the upstream");
+}
+
+#[tokio::test]
+async fn head_health_answers_200_with_an_empty_body() {
+    let app = spawn_app(vec![]).await;
+
+    let response = app.client.head(app.url("/health")).send().await.unwrap();
+
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_cors_preflight_allows_any_origin_method_and_header() {
+    // Arrange
+    let app = spawn_app(vec![]).await;
+
+    // Act
+    let response = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/generate/description"))
+        .header("origin", "http://store-admin.example:8081")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+
+    // Assert
+    assert!(response.status().is_success(), "{}", response.status());
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(header("access-control-allow-origin"), "*");
+    assert_eq!(header("access-control-allow-methods"), "*");
+    assert_eq!(header("access-control-allow-headers"), "*");
+}
+
+#[tokio::test]
+async fn a_post_with_an_origin_gets_access_control_allow_origin() {
+    let app = spawn_app(vec![]).await;
+
+    let response = app
+        .client
+        .post(app.url("/generate/description"))
+        .header("origin", "http://store-admin.example:8081")
+        .json(&product())
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn an_error_with_an_origin_also_gets_access_control_allow_origin() {
+    // The store-admin must be able to read `detail` of an error from another origin.
+    let app = spawn_app(vec![]).await;
+
+    let response = app
+        .client
+        .post(app.url("/generate/description"))
+        .header("origin", "http://store-admin.example:8081")
+        .json(&json!({"name": "Bone"}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status().as_u16(), 422);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn the_callers_request_id_is_echoed_and_forwarded_to_the_upstream() {
+    // Arrange
+    let azure = azure_openai_answering("Traced prose.").await;
+    let app = spawn_app(azure_key_vars(&azure)).await;
+
+    // Act
+    let response = app
+        .client
+        .post(app.url("/generate/description"))
+        .header("x-request-id", "req-from-product-service-42")
+        .json(&product())
+        .send()
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(response.headers()["x-request-id"], "req-from-product-service-42");
+    let (status, body) = status_and_json(response).await;
+    assert_eq!((status, body), (200, json!({"description": "Traced prose."})));
+    assert_eq!(
+        azure.requests()[0].header("x-request-id"),
+        Some("req-from-product-service-42")
+    );
+}
+
+#[tokio::test]
+async fn a_request_id_is_generated_when_absent_and_forwarded() {
+    // Arrange
+    let azure = azure_openai_answering("Traced prose.").await;
+    let app = spawn_app(azure_key_vars(&azure)).await;
+
+    // Act
+    let first = app.post_description(&product()).await;
+    let second = app.post_description(&product()).await;
+
+    // Assert
+    let id = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("x-request-id")
+            .expect("a generated x-request-id")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (first_id, second_id) = (id(&first), id(&second));
+    assert_eq!(first_id.len(), 36, "a UUID: {first_id}");
+    assert_ne!(first_id, second_id, "one id per request");
+    let requests = azure.requests();
+    assert_eq!(requests[0].header("x-request-id"), Some(first_id.as_str()));
+    assert_eq!(requests[1].header("x-request-id"), Some(second_id.as_str()));
+}
+
+#[tokio::test]
+async fn health_also_carries_a_request_id() {
+    let app = spawn_app(vec![]).await;
+
+    let response = app.get("/health").await;
+
+    assert!(response.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn an_unknown_route_answers_404_with_fastapis_body() {
+    let app = spawn_app(vec![]).await;
+
+    for path in ["/nope", "/generate", "/generate/video", "/api/ai/health"] {
+        let (status, body) = status_and_json(app.get(path).await).await;
+        assert_eq!((status, body), (404, json!({"detail": "Not Found"})), "{path}");
+    }
+    let (status, body) = status_and_json(app.post_json("/generate/nothing", &product()).await).await;
+    assert_eq!((status, body), (404, json!({"detail": "Not Found"})));
+}
+
+#[tokio::test]
+async fn a_wrong_method_answers_405_with_a_detail() {
+    // Arrange
+    let app = spawn_app(vec![]).await;
+
+    // Act
+    let put_health = app.client.put(app.url("/health")).send().await.unwrap();
+    let get_description = app.get("/generate/description").await;
+    let delete_image = app.client.delete(app.url("/generate/image")).send().await.unwrap();
+
+    // Assert
+    for response in [put_health, get_description, delete_image] {
+        let url = response.url().clone();
+        let (status, body) = status_and_json(response).await;
+        assert_eq!((status, body), (405, json!({"detail": "Method Not Allowed"})), "{url}");
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_the_three_routes() {
+    // Arrange
+    let app = spawn_app(vec![]).await;
+
+    // Act
+    let (status, document) = status_and_json(app.get("/openapi.json").await).await;
+
+    // Assert
+    assert_eq!(status, 200);
+    assert!(
+        document["openapi"].as_str().unwrap().starts_with("3."),
+        "{}",
+        document["openapi"]
+    );
+    let paths = document["paths"].as_object().unwrap();
+    let mut names: Vec<&str> = paths.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["/generate/description", "/generate/image", "/health"]);
+    assert!(paths["/health"]["get"].is_object());
+    assert!(paths["/generate/description"]["post"].is_object());
+    assert!(paths["/generate/image"]["post"].is_object());
+}
+
+/// The `href="…"` and `src="…"` values of an HTML page.
+fn asset_references(html: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for attribute in ["href=\"", "src=\""] {
+        let mut rest = html;
+        while let Some(start) = rest.find(attribute) {
+            rest = &rest[start + attribute.len()..];
+            let end = rest.find('"').unwrap();
+            found.push(rest[..end].to_owned());
+            rest = &rest[end..];
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_docs_page_and_its_assets_are_served_by_the_service_itself() {
+    // Arrange
+    let app = spawn_app(vec![]).await;
+
+    // Act: /docs redirects to /docs/ (reqwest follows it)
+    let response = app.get("/docs").await;
+
+    // Assert: an HTML page
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.url().path(), "/docs/");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = response.text().await.unwrap();
+    assert!(html.to_ascii_lowercase().contains("<html"), "{html:.200}");
+    // Assert: every asset is relative, so no CDN is needed, and each is served
+    let assets = asset_references(&html);
+    assert!(
+        assets.iter().any(|a| a.ends_with(".js")) && assets.iter().any(|a| a.ends_with(".css")),
+        "{assets:?}"
+    );
+    for asset in &assets {
+        assert!(
+            !asset.contains("://") && !asset.starts_with("//"),
+            "external asset: {asset}"
+        );
+        let url = app.url(&format!("/docs/{}", asset.trim_start_matches("./")));
+        let response = app.client.get(&url).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{url}");
+        assert!(!response.bytes().await.unwrap().is_empty(), "{url}");
+    }
+    // Assert: the page loads our document
+    let initializer = app.get("/docs/swagger-initializer.js").await.text().await.unwrap();
+    assert!(initializer.contains("/openapi.json"), "{initializer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_at_once_while_a_description_waits_on_a_slow_upstream() {
+    // Arrange: an upstream that takes 2 s, and a description request held by it
+    let azure = MockServer::start(|_, _| {
+        MockResponse::json(200, chat_completion("Worth the wait.")).delayed(Duration::from_secs(2))
+    })
+    .await;
+    let app = spawn_app(azure_key_vars(&azure)).await;
+    let slow = {
+        let client = app.client.clone();
+        let url = app.url("/generate/description");
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = client.post(url).json(&product()).send().await.unwrap();
+            (response.status().as_u16(), started.elapsed())
+        })
+    };
+    let waiting_since = Instant::now();
+    while azure.count() == 0 {
+        assert!(
+            waiting_since.elapsed() < Duration::from_secs(5),
+            "the slow request never left"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Act
+    let started = Instant::now();
+    let (status, body) = status_and_json(app.get("/health").await).await;
+    let elapsed = started.elapsed();
+
+    // Assert
+    assert_eq!((status, &body["status"]), (200, &json!("ok")));
+    assert!(elapsed < Duration::from_millis(500), "/health took {elapsed:?}");
+    let (slow_status, slow_elapsed) = slow.await.unwrap();
+    assert_eq!(slow_status, 200);
+    assert!(
+        slow_elapsed >= Duration::from_millis(1900),
+        "the description was not held by the upstream: {slow_elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_docs_asset_answers_404_with_a_detail_too() {
+    let app = spawn_app(vec![]).await;
+
+    let (status, body) = status_and_json(app.get("/docs/no-such-asset.js").await).await;
+
+    assert_eq!((status, body), (404, json!({"detail": "Not Found"})));
+}
