@@ -104,7 +104,9 @@ pub struct Services {
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     /// The HTTP client could not be built (e.g. no TLS roots).
-    #[error("could not build the HTTP client: {0}")]
+    #[error(
+        "could not build the HTTP client (check that SSL_CERT_FILE or SSL_CERT_DIR, if set, name a readable PEM bundle): {0:?}"
+    )]
     HttpClient(#[from] reqwest::Error),
     /// The credential chain could not be built.
     #[error("could not set up the Microsoft Entra credential: {0}")]

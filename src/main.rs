@@ -60,6 +60,15 @@ async fn run() -> ExitCode {
              (and USE_AZURE_AD=True for passwordless auth), or OPENAI_API_KEY, or USE_LOCAL_LLM=True with LOCAL_LLM_ENDPOINT"
         );
     }
+    if let Some(tokens) = services.tokens.clone() {
+        // Fetch the first token in the background: a broken identity setup shows in the
+        // log at startup instead of at the first click, and startup does not wait for Entra.
+        tokio::spawn(async move {
+            if let Err(err) = tokens.token().await {
+                tracing::error!(credential = err.credential, "no Microsoft Entra token at startup: {}", err.message);
+            }
+        });
+    }
     let grace = settings.limits.shutdown_grace;
     let state = AppState::new(&settings, services);
     let address = SocketAddr::from(([0, 0, 0, 0], settings.port));
