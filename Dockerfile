@@ -11,13 +11,17 @@ WORKDIR /src
 COPY . .
 # crt-static links glibc statically, so the binary needs no loader or .so
 # files at run time (glibc 2.36 has its "files" and "dns" name services
-# built in, so name resolution still works). BuildKit cache mounts keep the
-# downloaded crates and the compiled dependencies between builds, so a code
-# change recompiles only this crate.
+# built in, so name resolution still works).
+# getrandom_backend="linux_getrandom": in a static binary getrandom 0.3/0.4
+# cannot find getrandom(2) through dlsym and fall back to reading
+# /dev/urandom, so without a /dev every request id (uuid v4) panics. This
+# cfg calls getrandom(2) directly (Linux 3.17+), so the binary needs no /dev.
+# BuildKit cache mounts keep the downloaded crates and the compiled
+# dependencies between builds, so a code change recompiles only this crate.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    RUSTFLAGS="-C target-feature=+crt-static" \
+    RUSTFLAGS="-C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\"" \
     cargo build --release --locked --target x86_64-unknown-linux-gnu \
  && cp target/x86_64-unknown-linux-gnu/release/ai-service /ai-service
 

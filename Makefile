@@ -6,7 +6,8 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # The Dockerfile builds exactly this: a static glibc binary (no musl target on our machines).
 STATIC_TARGET := x86_64-unknown-linux-gnu
-STATIC_RUSTFLAGS := -C target-feature=+crt-static
+# getrandom must use the syscall: a static binary in an empty root has no /dev/urandom.
+STATIC_RUSTFLAGS := -C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"
 
 .PHONY: help run test fmt-check clippy deps-check test-rust openapi openapi-check k8s-test static-test static bench fuzz image toolchain
 
@@ -51,7 +52,7 @@ static-test: toolchain ## Build the Dockerfile's static binary and run it in an 
 	bash scripts/static-rootfs-test.sh
 
 static: toolchain ## Build the static release binary the image ships
-	RUSTFLAGS="$(STATIC_RUSTFLAGS)" $(CARGO) build --locked --release --target $(STATIC_TARGET)
+	RUSTFLAGS='$(STATIC_RUSTFLAGS)' $(CARGO) build --locked --release --target $(STATIC_TARGET)
 
 bench: toolchain ## Benchmark against a mock Azure OpenAI + Entra over HTTPS (results in bench/results/)
 	bash bench/run.sh

@@ -11,7 +11,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: k8s/setup.sh [--dry-run] [--verify | --teardown | --help]
+Usage: k8s/setup.sh [--dry-run] [--verbose] [--verify | --teardown | --help]
 
 Deploys the ai-service to an AKS cluster with Microsoft Entra Workload ID:
 enables the cluster's OIDC issuer and workload identity, creates a managed

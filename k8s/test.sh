@@ -69,6 +69,13 @@ pip_install() {
 }
 
 ensure_tools() {
+  # Where pip puts console scripts (hadolint, kubernetes-validate), so they
+  # are found right after an install even without pyenv's shims or a
+  # ~/.local/bin on PATH.
+  local scripts_dir user_bin
+  scripts_dir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)
+  user_bin=$("$PYTHON" -m site --user-base 2>/dev/null || true)
+  PATH="${scripts_dir:+$scripts_dir:}${user_bin:+$user_bin/bin:}$PATH"
   if ! command -v shellcheck >/dev/null 2>&1; then
     echo "# installing shellcheck (apt-get)"
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck; } >/dev/null ||
@@ -124,7 +131,8 @@ main() {
   ensure_tools
   test_schema
   if [[ -s $WORK/base.yaml && -s $WORK/extras.yaml ]]; then
-    tally "manifest assertions" "$PYTHON" k8s/tests/test_manifests.py "$WORK/base.yaml" "$WORK/extras.yaml" k8s/setup.sh Dockerfile
+    tally "manifest assertions" "$PYTHON" k8s/tests/test_manifests.py "$WORK/base.yaml" "$WORK/extras.yaml" k8s/setup.sh Dockerfile \
+      scripts/static-rootfs-test.sh
   else
     fail "manifest assertions" "the manifests did not render"
   fi

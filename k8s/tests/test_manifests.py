@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Assertions on the rendered Kubernetes manifests.
 
-Usage: test_manifests.py BASE.yaml EXTRAS.yaml SETUP.sh DOCKERFILE
+Usage: test_manifests.py BASE.yaml EXTRAS.yaml SETUP.sh DOCKERFILE STATIC_TEST.sh
 where BASE.yaml and EXTRAS.yaml are `kubectl kustomize k8s/` and
 `kubectl kustomize k8s/extras/`. Prints one "ok - ..." or "not ok - ..."
 line per check (k8s/test.sh counts them) and exits 1 if any failed.
@@ -41,7 +41,7 @@ def probe_target(probe, ports):
     return get.get("path"), ports.get(port, port)
 
 
-def main(base_path, extras_path, setup_path, dockerfile_path):
+def main(base_path, extras_path, setup_path, dockerfile_path, static_test_path):
     base, extras = load(base_path), load(extras_path)
     kinds = by_kind(base)
     check("k8s/ renders exactly a ServiceAccount, a Deployment and a Service",
@@ -155,8 +155,16 @@ def main(base_path, extras_path, setup_path, dockerfile_path):
           f"USER {user and user.groups()}")
     check("the Dockerfile exposes the container port 5001", re.search(r"^EXPOSE\s+5001\b", dockerfile, re.M))
 
+    # scripts/static-rootfs-test.sh must test the binary the image ships.
+    image_flags = re.search(r'RUSTFLAGS="((?:[^"\\]|\\.)*)"', dockerfile)
+    image_flags = image_flags and image_flags.group(1).replace('\\"', '"')
+    script_flags = re.search(r"^STATIC_RUSTFLAGS='([^']*)'", open(static_test_path).read(), re.M)
+    check("the Dockerfile and scripts/static-rootfs-test.sh build with the same RUSTFLAGS",
+          image_flags and script_flags and image_flags == script_flags.group(1) and "+crt-static" in image_flags,
+          f"Dockerfile: {image_flags!r}, script: {script_flags and script_flags.group(1)!r}")
+
     return 0 if all(RESULTS) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:5]))
+    sys.exit(main(*sys.argv[1:6]))
