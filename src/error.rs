@@ -150,6 +150,19 @@ fn upstream(operation: Operation, error: &UpstreamError) -> (StatusCode, Value, 
             ),
             None,
         ),
+        // A 400 without a JSON error message (an HTML page, an empty body) still gets a sentence.
+        UpstreamError::BadRequest { message, .. } if message.is_empty() => match operation {
+            Operation::Image => (
+                StatusCode::BAD_REQUEST,
+                format!("{p}the image model rejected the request."),
+                None,
+            ),
+            Operation::Description => (
+                StatusCode::BAD_GATEWAY,
+                format!("{p}the model rejected the request."),
+                None,
+            ),
+        },
         UpstreamError::BadRequest { message, .. } => match operation {
             Operation::Image => (StatusCode::BAD_REQUEST, format!("{p}{message}"), None),
             Operation::Description => (

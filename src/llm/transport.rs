@@ -1,6 +1,7 @@
 //! Sending one upstream request within the caller's budget: retries with backoff
 //! and jitter on 429, 5xx and connection failures, honouring `retry-after-ms`
-//! and `retry-after`, never past the deadline, and a cap on the body size.
+//! and `retry-after` (plus a little spread), never past the deadline, and a cap
+//! on the body size.
 
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ const MAX_UPSTREAM_BODY: usize = 16 * 1024 * 1024;
 const BASE_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest backoff between two attempts when the upstream gives no hint.
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// Longest `retry-after` hint believed: anything longer is as good as "not within any budget",
+/// and capping keeps absurd values (`1e300`, year 9999) from overflowing a deadline computation.
+const MAX_RETRY_HINT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// What one request carries down to the upstream call.
 #[derive(Debug, Clone)]
@@ -54,11 +58,15 @@ pub struct Transport {
 }
 
 enum Attempt {
+    /// An answer for the caller to interpret.
     Done(UpstreamResponse),
+    /// A failure worth another attempt (429, 5xx, connection failure).
     Retry {
         wait: Option<Duration>,
         last: UpstreamError,
     },
+    /// A failure that another attempt would not change, with its metrics label.
+    Fail(&'static str, UpstreamError),
 }
 
 impl Transport {
@@ -100,6 +108,11 @@ impl Transport {
                     tracing::debug!(backend, attempt, elapsed_ms, "upstream call timed out");
                     return Err(UpstreamError::Timeout);
                 }
+                Ok(Attempt::Fail(label, error)) => {
+                    self.metrics.upstream_request(backend, label);
+                    tracing::debug!(backend, attempt, elapsed_ms, error = %error, "upstream attempt failed for good");
+                    return Err(error);
+                }
                 Ok(Attempt::Done(response)) => {
                     self.metrics.upstream_request(backend, response.status.as_str());
                     tracing::debug!(
@@ -125,8 +138,13 @@ impl Transport {
             if attempt > self.max_retries {
                 return Err(last);
             }
-            let wait = wait.unwrap_or_else(|| backoff(attempt));
-            if Instant::now() + wait >= ctx.deadline {
+            let wait = match wait {
+                // Never earlier than asked, but spread out so throttled callers do not return in lockstep.
+                Some(hint) => hint + spread(hint),
+                None => backoff(attempt),
+            };
+            let resume = Instant::now().checked_add(wait);
+            if resume.is_none_or(|at| at >= ctx.deadline) {
                 // Waiting would outlast the caller: answer now with what we know.
                 return Err(last);
             }
@@ -144,6 +162,10 @@ impl Transport {
     async fn attempt(&self, request: RequestBuilder) -> Attempt {
         let mut response = match request.send().await {
             Ok(response) => response,
+            // A request we could not even build fails the same way every time.
+            Err(err) if err.is_builder() => {
+                return Attempt::Fail("request_error", UpstreamError::Unreachable(describe(&err)));
+            }
             Err(err) => {
                 return Attempt::Retry {
                     wait: None,
@@ -153,15 +175,26 @@ impl Transport {
         };
         let status = response.status();
         let retry_after = retry_after(response.headers());
+        let too_large = || {
+            Attempt::Fail(
+                "too_large",
+                UpstreamError::InvalidResponse(format!(
+                    "the answer (status {}) is larger than {} MiB",
+                    status.as_u16(),
+                    MAX_UPSTREAM_BODY / (1024 * 1024)
+                )),
+            )
+        };
+        // Refuse a declared oversize body before reading any of it.
+        if response.content_length().is_some_and(|n| n > MAX_UPSTREAM_BODY as u64) {
+            return too_large();
+        }
         let mut body = Vec::new();
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
-                        return Attempt::Done(UpstreamResponse {
-                            status: StatusCode::BAD_GATEWAY,
-                            body: b"{\"error\":{\"code\":\"too_large\"}}".to_vec(),
-                        });
+                        return too_large();
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -210,20 +243,40 @@ fn backoff(attempt: u32) -> Duration {
     step.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
+/// Up to 10% (at most 1 s) on top of an upstream's hint.
+fn spread(hint: Duration) -> Duration {
+    hint.mul_f64(fastrand::f64() / 10.0).min(Duration::from_secs(1))
+}
+
 /// `retry-after-ms` first (Azure's precise hint), then `retry-after` in seconds or as an HTTP date.
+/// A hint is capped at [`MAX_RETRY_HINT`]; a negative, NaN or unreadable one is ignored; a date in
+/// the past means "now".
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if let Some(ms) = text("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+        if let Some(wait) = seconds_hint(ms / 1000.0) {
+            return Some(wait);
         }
     }
     let value = text("retry-after")?;
     if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+        return seconds_hint(seconds);
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            .min(MAX_RETRY_HINT),
+    )
+}
+
+/// A hint in (fractional) seconds as a duration: `None` when negative or NaN, capped when huge.
+/// (`Duration::from_secs_f64` panics on values it cannot represent, and upstream headers are input.)
+fn seconds_hint(seconds: f64) -> Option<Duration> {
+    if seconds.is_nan() || seconds < 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(seconds).map_or(MAX_RETRY_HINT, |d| d.min(MAX_RETRY_HINT)))
 }
 
 /// A sentence about a transport failure, without the URL's query or any header.
@@ -276,11 +329,38 @@ mod tests {
     }
 
     #[test]
+    fn absurd_retry_hints_are_capped_or_ignored_never_a_panic() {
+        for (name, value, expected) in [
+            ("retry-after-ms", "1e300", Some(MAX_RETRY_HINT)),
+            ("retry-after-ms", "inf", Some(MAX_RETRY_HINT)),
+            ("retry-after-ms", "-5", None),
+            ("retry-after-ms", "NaN", None),
+            ("retry-after", "18446744073709551616", Some(MAX_RETRY_HINT)),
+            ("retry-after", "-1", None),
+            ("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT", Some(MAX_RETRY_HINT)),
+            ("retry-after", "Thu, 01 Jan 1970 00:00:00 GMT", Some(Duration::ZERO)),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static(value));
+            assert_eq!(retry_after(&headers), expected, "{name}: {value}");
+        }
+    }
+
+    #[test]
     fn backoff_grows_and_stays_bounded() {
         for attempt in 1..20 {
             let wait = backoff(attempt);
             assert!(wait >= BASE_BACKOFF / 2 && wait <= MAX_BACKOFF, "{attempt}: {wait:?}");
         }
         assert!(backoff(4) > backoff(1));
+    }
+
+    #[test]
+    fn the_spread_on_a_hint_is_small_and_bounded() {
+        for _ in 0..100 {
+            assert!(spread(Duration::from_millis(100)) <= Duration::from_millis(10));
+            assert!(spread(MAX_RETRY_HINT) <= Duration::from_secs(1));
+        }
+        assert_eq!(spread(Duration::ZERO), Duration::ZERO);
     }
 }

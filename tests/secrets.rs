@@ -1,0 +1,357 @@
+//! Secrets never leak: no API key, access token or client assertion in any log line
+//! (captured at TRACE, dependencies included), in any answer, or in `Debug` of the settings.
+//!
+//! Its own test binary: it installs the process-wide tracing subscriber. The flows
+//! run for real: a workload-identity token exchange against a mock Microsoft Entra ID
+//! over HTTPS, an Azure OpenAI key, a public OpenAI key and a (fake) `az login`, each
+//! succeeding and failing.
+
+#![allow(clippy::print_stderr)]
+
+mod common;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ai_service::config::LogFormat;
+use common::*;
+use serde_json::json;
+
+const AZURE_KEY: &str = "azkey-7f3a9c1e5b2d4f6a8c0e2b4d";
+const OPENAI_KEY: &str = "sk-proj-Qw3rTy8uIo9pAs7dFg5hJk";
+const ACCESS_TOKEN: &str =
+    "eyJ0eXAiOiJKV1QiLCJhbGciOiJub25lIn0.eyJhdWQiOiJjb2duaXRpdmVzZXJ2aWNlcyIsInRpZCI6InRlbmFudCJ9.access-sig-5e8d1f0b";
+const ASSERTION: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6Imt1YmUifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDphaS1zZXJ2aWNlIn0.assertion-sig-91c4a7e2";
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const CLIENT: &str = "0c8f2d3e-1a4b-4c5d-9e6f-7a8b9c0d1e2f";
+
+/// What to search for: each secret whole, and distinctive pieces (a log could truncate or split).
+fn needles() -> Vec<&'static str> {
+    vec![
+        AZURE_KEY,
+        &AZURE_KEY[6..22],
+        OPENAI_KEY,
+        &OPENAI_KEY[8..24],
+        ACCESS_TOKEN,
+        "eyJhdWQiOiJjb2duaXRpdmVzZXJ2aWNlcyIsInRpZCI6InRlbmFudCJ9",
+        "access-sig-5e8d1f0b",
+        ASSERTION,
+        "eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDphaS1zZXJ2aWNlIn0",
+        "assertion-sig-91c4a7e2",
+    ]
+}
+
+/// The line holding the first secret found in `text`, if any.
+fn find_secret(text: &str) -> Option<String> {
+    needles().into_iter().find_map(|needle| {
+        let at = text.find(needle)?;
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        Some(format!("({needle}) {}", &text[line_start..line_end]))
+    })
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    if let Some(line) = find_secret(text) {
+        panic!("a secret appears in {what}: {line}");
+    }
+}
+
+/// Log lines written by the subscriber, kept in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Every answer the service gave, to search for secrets.
+#[derive(Default)]
+struct Answers(Vec<String>);
+
+impl Answers {
+    async fn record(&mut self, response: reqwest::Response) -> (u16, String) {
+        let status = response.status().as_u16();
+        let headers = format!("{:?}", response.headers());
+        let text = response.text().await.unwrap();
+        self.0.push(format!("{headers}\n{text}"));
+        (status, text)
+    }
+}
+
+async fn description(app: &TestApp, answers: &mut Answers) -> (u16, String) {
+    answers
+        .record(app.post_description(&json!({"name": "Ball", "tags": ["dog"]})).await)
+        .await
+}
+
+async fn image(app: &TestApp, answers: &mut Answers) -> (u16, String) {
+    answers
+        .record(app.post_image(&json!({"name": "Ball", "description": "A ball."})).await)
+        .await
+}
+
+/// A mock Microsoft Entra ID: checks the assertion, then issues `ACCESS_TOKEN` or fails with an AADSTS error.
+async fn entra(fail: bool) -> MockServer {
+    MockServer::start(move |request, _| {
+        let form = request.form();
+        let expected = request.path == format!("/{TENANT}/oauth2/v2.0/token")
+            && form.get("client_assertion").map(String::as_str) == Some(ASSERTION)
+            && form.get("client_id").map(String::as_str) == Some(CLIENT);
+        if !expected {
+            // A status no code path maps to success: the flow under test fails loudly.
+            MockResponse::json(418, json!({"error": "unexpected_request"}))
+        } else if fail {
+            MockResponse::json(
+                400,
+                json!({
+                    "error": "invalid_client",
+                    "error_description": "AADSTS700213: No matching federated identity record found for presented assertion subject 'system:serviceaccount:default:ai-service'.",
+                    "error_codes": [700213],
+                    "timestamp": "2026-01-01 00:00:00Z",
+                    "trace_id": "00000000-0000-0000-0000-000000000000",
+                    "correlation_id": "00000000-0000-0000-0000-000000000000"
+                }),
+            )
+        } else {
+            MockResponse::json(
+                200,
+                json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": ACCESS_TOKEN}),
+            )
+        }
+    })
+    .await
+}
+
+fn workload_identity_vars(azure: &MockServer, authority: &str, token_file: &std::path::Path) -> Vec<(String, String)> {
+    vars(&[
+        ("USE_AZURE_OPENAI", "True"),
+        ("USE_AZURE_AD", "True"),
+        ("AZURE_OPENAI_ENDPOINT", &azure.url),
+        ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-5-mini"),
+        ("AZURE_OPENAI_IMAGE_DEPLOYMENT_NAME", "gpt-image-1"),
+        ("AZURE_AUTHORITY_HOST", authority),
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_ID", CLIENT),
+        ("AZURE_FEDERATED_TOKEN_FILE", &token_file.display().to_string()),
+        ("UPSTREAM_MAX_RETRIES", "1"),
+    ])
+}
+
+/// An Azure OpenAI mock: chat and image succeed when the expected credential header is sent (else 418).
+async fn azure_openai(expect_header: (&'static str, String)) -> MockServer {
+    MockServer::start(move |request, _| {
+        if request.header(expect_header.0) != Some(expect_header.1.as_str()) {
+            MockResponse::json(418, json!({"error": {"code": "unexpected_credential"}}))
+        } else if request.path.ends_with("/images/generations") {
+            MockResponse::json(200, json!({"data": [{"b64_json": "iVBORw0KGgo="}]}))
+        } else {
+            MockResponse::json(200, chat_completion("Bouncy."))
+        }
+    })
+    .await
+}
+
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("https://127.0.0.1:{}/", listener.local_addr().unwrap().port())
+}
+
+/// RUST_LOG overrides the subscriber's default filter: run the test again without it,
+/// so the capture is at TRACE whatever the caller's environment says.
+fn rerun_without_rust_log(test: &str) -> bool {
+    if std::env::var_os("RUST_LOG").is_none_or(|v| v.is_empty()) {
+        return false;
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env_remove("RUST_LOG")
+        .status()
+        .expect("the test binary runs again");
+    assert!(status.success(), "the run without RUST_LOG failed: {status}");
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_a_log_line_an_answer_or_debug_output() {
+    if rerun_without_rust_log("no_secret_reaches_a_log_line_an_answer_or_debug_output") {
+        return;
+    }
+    let logs = Captured::default();
+    let writer = logs.clone();
+    ai_service::telemetry::init_with(LogFormat::Text, "trace", move || writer.clone());
+    let mut answers = Answers::default();
+    let mut debug_output = Vec::new();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, format!("{ASSERTION}\n")).unwrap();
+
+    // 1. Workload identity: a token exchange, a description and an image, then Azure OpenAI refuses the token.
+    let login = entra(false).await;
+    let azure = azure_openai(("authorization", format!("Bearer {ACCESS_TOKEN}"))).await;
+    let app = spawn_app(workload_identity_vars(&azure, &login.url, &token_file)).await;
+    assert_eq!(description(&app, &mut answers).await.0, 200);
+    assert_eq!(image(&app, &mut answers).await.0, 200);
+    assert_eq!(login.count(), 1, "one token exchange, cached");
+    azure.respond_with(|_, _| {
+        MockResponse::json(
+            401,
+            json!({"error": {"code": "PermissionDenied", "message": "Principal does not have access to API/Operation."}}),
+        )
+    });
+    let (status, text) = description(&app, &mut answers).await;
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("refused the Microsoft Entra token"), "{text}");
+    azure
+        .respond_with(|_, _| MockResponse::json(429, json!({"error": {"code": "429"}})).header("retry-after-ms", "10"));
+    assert_eq!(image(&app, &mut answers).await.0, 503);
+    debug_output.push(format!("{:?}\n{}", app.settings, app.settings.summary()));
+    answers.record(app.get("/metrics").await).await;
+    drop(app);
+
+    // 2. Workload identity refused by Microsoft Entra ID, and Entra unreachable.
+    let refusing = entra(true).await;
+    let app = spawn_app(workload_identity_vars(&azure, &refusing.url, &token_file)).await;
+    let (status, text) = description(&app, &mut answers).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("Workload identity"), "{text}");
+    assert!(refusing.count() >= 1);
+    drop(app);
+    let app = spawn_app(workload_identity_vars(&azure, &closed_port_url(), &token_file)).await;
+    let (status, text) = description(&app, &mut answers).await;
+    assert_eq!(status, 503, "{text}");
+
+    // 3. Azure OpenAI with a key: success, 401, 500s, and an unreachable endpoint.
+    let azure = azure_openai(("api-key", AZURE_KEY.to_owned())).await;
+    let mut key_vars = azure_key_vars(&azure);
+    key_vars.extend(vars(&[
+        ("AZURE_OPENAI_API_KEY", AZURE_KEY),
+        ("AZURE_OPENAI_IMAGE_DEPLOYMENT_NAME", "gpt-image-1"),
+        ("UPSTREAM_MAX_RETRIES", "1"),
+    ]));
+    let app = spawn_app(key_vars.clone()).await;
+    assert_eq!(description(&app, &mut answers).await.0, 200);
+    assert_eq!(image(&app, &mut answers).await.0, 200);
+    assert_eq!(
+        azure.requests()[0].header("api-key"),
+        Some(AZURE_KEY),
+        "the key was used"
+    );
+    azure.respond_with(|_, _| {
+        MockResponse::json(
+            401,
+            json!({"error": {"code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint."}}),
+        )
+    });
+    let (status, text) = description(&app, &mut answers).await;
+    assert_eq!(status, 502, "{text}");
+    azure.respond_with(|_, _| MockResponse::raw(500, "text/html", b"<html>Internal error</html>"));
+    assert_eq!(image(&app, &mut answers).await.0, 502);
+    debug_output.push(format!("{:?}\n{}", app.settings, app.settings.summary()));
+    drop(app);
+    key_vars.push(("AZURE_OPENAI_ENDPOINT".to_owned(), closed_port_url()));
+    let app = spawn_app(key_vars).await;
+    let (status, text) = description(&app, &mut answers).await;
+    assert_eq!(status, 502, "{text}");
+    drop(app);
+
+    // 4. The public OpenAI API: success, then the key is refused.
+    let openai = MockServer::start(|request, _| {
+        if request.header("authorization") == Some(format!("Bearer {OPENAI_KEY}").as_str()) {
+            MockResponse::json(200, chat_completion("Public."))
+        } else {
+            MockResponse::json(418, json!({}))
+        }
+    })
+    .await;
+    let base = format!("{}v1", openai.url);
+    let app = spawn_app(vars(&[("OPENAI_API_KEY", OPENAI_KEY), ("OPENAI_BASE_URL", &base)])).await;
+    assert_eq!(description(&app, &mut answers).await.0, 200);
+    openai.respond_with(|_, _| {
+        MockResponse::json(
+            401,
+            json!({"error": {"message": "Incorrect API key provided: sk-proj-****dFg5hJk.", "type": "invalid_request_error", "code": "invalid_api_key"}}),
+        )
+    });
+    let (status, text) = description(&app, &mut answers).await;
+    assert_eq!(status, 502, "{text}");
+    debug_output.push(format!("{:?}\n{}", app.settings, app.settings.summary()));
+    drop(app);
+
+    // 5. The developer's `az login`: a token from the CLI, then a CLI whose output is broken mid-token.
+    let azure = azure_openai(("authorization", format!("Bearer {ACCESS_TOKEN}"))).await;
+    let developer_vars = vars(&[
+        ("USE_AZURE_OPENAI", "True"),
+        ("USE_AZURE_AD", "True"),
+        ("AZURE_OPENAI_ENDPOINT", &azure.url),
+        ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-5-mini"),
+    ]);
+    for (az, expected) in [
+        (FakeAz::logged_in(ACCESS_TOKEN), 200),
+        (
+            FakeAz::new(&format!("echo '{{\"accessToken\": \"{ACCESS_TOKEN}\", \"expiresOn'")),
+            503,
+        ),
+    ] {
+        let mut deps = test_dependencies();
+        deps.executor = Some(az.executor());
+        let app = spawn_app_with(developer_vars.clone(), deps).await;
+        let (status, text) = description(&app, &mut answers).await;
+        assert_eq!(status, expected, "{text}");
+        assert_eq!(az.calls().len(), 1, "az was asked once");
+    }
+
+    // Let the last connection tasks finish their logging.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Assert: the capture really is at TRACE and includes the dependencies...
+    let log = logs.text();
+    eprintln!("captured {} log lines ({} bytes)", log.lines().count(), log.len());
+    assert!(log.contains("TRACE"), "the capture is not at TRACE");
+    for expected in [
+        "acquired a Microsoft Entra token",
+        "typespec_client_core",
+        "retrying upstream call",
+    ] {
+        assert!(
+            log.contains(expected),
+            "the log has no `{expected}`; is the capture working?"
+        );
+    }
+    // ...and holds no secret; nor does any answer or Debug output.
+    assert_no_secret("the log", &log);
+    for (i, answer) in answers.0.iter().enumerate() {
+        assert_no_secret(&format!("answer #{i}"), answer);
+    }
+    for (i, output) in debug_output.iter().enumerate() {
+        assert_no_secret(&format!("Debug/summary of settings #{i}"), output);
+    }
+}
+
+#[test]
+fn the_search_finds_a_planted_secret_even_cut_short() {
+    // Guards the guard: a search that never matches would make the test above pass vacuously.
+    for planted in [
+        format!("x api-key={AZURE_KEY} y"),
+        format!("token={}…", &ACCESS_TOKEN[..ACCESS_TOKEN.len() - 4]),
+        format!("assertion=...{}", &ASSERTION[40..]),
+        format!("Bearer {}", &OPENAI_KEY[..26]),
+    ] {
+        assert!(find_secret(&planted).is_some(), "{planted}");
+    }
+}
