@@ -36,12 +36,18 @@ fn env_number(name: &str, default: u64) -> u64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let counters = Arc::new(Counters::default());
-    counters.latency_ms.store(env_number("MOCK_LATENCY_MS", 100), Ordering::Relaxed);
-    counters.token_lifetime.store(env_number("MOCK_TOKEN_LIFETIME", 3600), Ordering::Relaxed);
+    counters
+        .latency_ms
+        .store(env_number("MOCK_LATENCY_MS", 100), Ordering::Relaxed);
+    counters
+        .token_lifetime
+        .store(env_number("MOCK_TOKEN_LIFETIME", 3600), Ordering::Relaxed);
 
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ai-service bench CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ai-service bench CA");
     let ca_key = rcgen::KeyPair::generate()?;
     let ca = ca_params.self_signed(&ca_key)?;
     let leaf_key = rcgen::KeyPair::generate()?;
@@ -63,15 +69,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(path) = std::env::var("MOCK_PORT_OUT") {
         std::fs::write(path, port.to_string())?;
     }
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(leaf.pem().into_bytes(), leaf_key.serialize_pem().into_bytes()).await?;
-    axum_server::from_tcp_rustls(listener, tls).serve(app.into_make_service()).await?;
+    let tls =
+        axum_server::tls_rustls::RustlsConfig::from_pem(leaf.pem().into_bytes(), leaf_key.serialize_pem().into_bytes())
+            .await?;
+    axum_server::from_tcp_rustls(listener, tls)
+        .serve(app.into_make_service())
+        .await?;
     Ok(())
 }
 
 async fn token(State(counters): State<Arc<Counters>>) -> Json<Value> {
     let n = counters.token_requests.fetch_add(1, Ordering::Relaxed);
     let lifetime = counters.token_lifetime.load(Ordering::Relaxed);
-    Json(json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": format!("bench-token-{n}")}))
+    Json(
+        json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": format!("bench-token-{n}")}),
+    )
 }
 
 async fn chat(State(counters): State<Arc<Counters>>) -> Json<Value> {

@@ -65,7 +65,11 @@ async fn run() -> ExitCode {
         // log at startup instead of at the first click, and startup does not wait for Entra.
         tokio::spawn(async move {
             if let Err(err) = tokens.token().await {
-                tracing::error!(credential = err.credential, "no Microsoft Entra token at startup: {}", err.message);
+                tracing::error!(
+                    credential = err.credential,
+                    "no Microsoft Entra token at startup: {}",
+                    err.message
+                );
             }
         });
     }

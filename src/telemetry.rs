@@ -47,7 +47,11 @@ where
             .try_init(),
         // Colours only on a terminal: `kubectl logs` and files get plain text.
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()).with_writer(writer))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stdout().is_terminal())
+                    .with_writer(writer),
+            )
             .try_init(),
     };
     // Already installed (tests start several apps in one process): keep the first.
