@@ -2,9 +2,7 @@
 
 mod common;
 
-use ai_service::credential::{BearerToken, TokenError, TokenProvider};
 use common::*;
-use secrecy::SecretString;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -52,20 +50,6 @@ async fn azure_with_an_api_key_returns_the_description_and_sends_the_contract_re
         })
     );
     assert!(body.get("max_tokens").is_none());
-}
-
-#[derive(Debug)]
-struct FixedToken(&'static str);
-
-#[async_trait::async_trait]
-impl TokenProvider for FixedToken {
-    async fn token(&self) -> Result<BearerToken, TokenError> {
-        Ok(BearerToken {
-            secret: SecretString::from(self.0.to_owned()),
-            expires_on: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-            credential: "FixedToken",
-        })
-    }
 }
 
 #[tokio::test]

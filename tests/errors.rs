@@ -3,9 +3,7 @@
 
 mod common;
 
-use ai_service::credential::{BearerToken, TokenError, TokenProvider};
 use common::*;
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -14,20 +12,6 @@ const PREFIX: &str = "Error generating description: ";
 
 fn product() -> Value {
     json!({"name": "Catnip Carnival", "tags": ["cat", "toy"]})
-}
-
-#[derive(Debug)]
-struct FixedToken(&'static str);
-
-#[async_trait::async_trait]
-impl TokenProvider for FixedToken {
-    async fn token(&self) -> Result<BearerToken, TokenError> {
-        Ok(BearerToken {
-            secret: SecretString::from(self.0.to_owned()),
-            expires_on: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-            credential: "FixedToken",
-        })
-    }
 }
 
 /// A mock Azure OpenAI answering every call with `answer`.

@@ -2,10 +2,8 @@
 
 mod common;
 
-use ai_service::credential::{BearerToken, TokenError, TokenProvider};
 use base64::Engine;
 use common::*;
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -54,20 +52,6 @@ async fn health(app: &TestApp) -> Value {
     let (status, body) = status_and_json(app.get("/health").await).await;
     assert_eq!(status, 200);
     body
-}
-
-#[derive(Debug)]
-struct FixedToken(&'static str);
-
-#[async_trait::async_trait]
-impl TokenProvider for FixedToken {
-    async fn token(&self) -> Result<BearerToken, TokenError> {
-        Ok(BearerToken {
-            secret: SecretString::from(self.0.to_owned()),
-            expires_on: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-            credential: "FixedToken",
-        })
-    }
 }
 
 /// An Azure OpenAI + Entra app with an image deployment, its token from [`FixedToken`].

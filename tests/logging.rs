@@ -3,24 +3,9 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use ai_service::config::LogFormat;
 use common::*;
 use serde_json::{Value, json};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn every_log_line_of_a_request_is_json_and_carries_its_request_id() {

@@ -10,10 +10,7 @@
 
 mod common;
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use ai_service::config::LogFormat;
 use common::*;
@@ -56,21 +53,6 @@ fn find_secret(text: &str) -> Option<String> {
 fn assert_no_secret(what: &str, text: &str) {
     if let Some(line) = find_secret(text) {
         panic!("a secret appears in {what}: {line}");
-    }
-}
-
-/// Log lines written by the subscriber, kept in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

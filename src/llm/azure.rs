@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use reqwest::{RequestBuilder, StatusCode};
+use reqwest::RequestBuilder;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -79,14 +79,61 @@ pub fn deployment_url(endpoint: &Url, deployment: &str, operation: &str, api_ver
     url
 }
 
-/// A chat deployment on Azure OpenAI.
+/// One deployment on an Azure OpenAI resource: where to POST and how to authenticate.
 #[derive(Debug, Clone)]
-pub struct AzureChat {
+struct Deployment {
     transport: Transport,
     url: Url,
-    deployment: String,
+    name: String,
     credential: AzureCredential,
 }
+
+impl Deployment {
+    fn new(
+        transport: Transport,
+        endpoint: &Url,
+        name: &str,
+        operation: &str,
+        api_version: &str,
+        credential: AzureCredential,
+    ) -> Self {
+        Self {
+            transport,
+            url: deployment_url(endpoint, name, operation, api_version),
+            name: name.to_owned(),
+            credential,
+        }
+    }
+
+    /// POSTs `body` (with retries) and returns a successful answer's body.
+    async fn post(&self, body: &impl serde::Serialize, ctx: &CallContext) -> Result<Vec<u8>, UpstreamError> {
+        let auth = self.credential.header().await?;
+        let response = self
+            .transport
+            .send(BACKEND, ctx, || {
+                auth.apply(self.transport.client().post(self.url.clone()).json(body))
+            })
+            .await?;
+        if response.status.is_success() {
+            return Ok(response.body);
+        }
+        Err(match response.status.as_u16() {
+            400 => classify_bad_request(&response.body),
+            status @ (401 | 403) => UpstreamError::Unauthorized {
+                status,
+                entra: self.credential.is_entra(),
+            },
+            404 => UpstreamError::NotFound {
+                name: self.name.clone(),
+            },
+            status => UpstreamError::Status { status },
+        })
+    }
+}
+
+/// A chat deployment on Azure OpenAI.
+#[derive(Debug, Clone)]
+pub struct AzureChat(Deployment);
 
 impl AzureChat {
     /// A client for `deployment` at `endpoint`.
@@ -97,57 +144,28 @@ impl AzureChat {
         api_version: &str,
         credential: AzureCredential,
     ) -> Self {
-        Self {
+        Self(Deployment::new(
             transport,
-            url: deployment_url(endpoint, deployment, "chat/completions", api_version),
-            deployment: deployment.to_owned(),
+            endpoint,
+            deployment,
+            "chat/completions",
+            api_version,
             credential,
-        }
-    }
-}
-
-/// Maps a non-success status shared by chat and image calls.
-fn status_error(status: StatusCode, body: &[u8], deployment: &str, entra: bool) -> UpstreamError {
-    match status.as_u16() {
-        400 => classify_bad_request(body),
-        401 | 403 => UpstreamError::Unauthorized {
-            status: status.as_u16(),
-            entra,
-        },
-        404 => UpstreamError::NotFound {
-            name: deployment.to_owned(),
-        },
-        code => UpstreamError::Status { status: code },
+        ))
     }
 }
 
 #[async_trait::async_trait]
 impl ChatModel for AzureChat {
-    #[tracing::instrument(name = "azure_chat", skip_all, fields(deployment = %self.deployment))]
+    #[tracing::instrument(name = "azure_chat", skip_all, fields(deployment = %self.0.name))]
     async fn complete(
         &self,
         prompt: &ChatPrompt,
         _: &ProductFacts,
         ctx: &CallContext,
     ) -> Result<String, UpstreamError> {
-        let auth = self.credential.header().await?;
-        let body = ChatCompletionRequest::new(prompt, None);
-        let response = self
-            .transport
-            .send(BACKEND, ctx, || {
-                auth.apply(self.transport.client().post(self.url.clone()).json(&body))
-            })
-            .await?;
-        if response.status.is_success() {
-            parse_chat_completion(&response.body)
-        } else {
-            Err(status_error(
-                response.status,
-                &response.body,
-                &self.deployment,
-                self.credential.is_entra(),
-            ))
-        }
+        let body = self.0.post(&ChatCompletionRequest::new(prompt, None), ctx).await?;
+        parse_chat_completion(&body)
     }
 }
 
@@ -161,12 +179,7 @@ struct ImageGenerationRequest<'a> {
 
 /// An image deployment on Azure OpenAI (gpt-image or DALL-E).
 #[derive(Debug, Clone)]
-pub struct AzureImage {
-    transport: Transport,
-    url: Url,
-    deployment: String,
-    credential: AzureCredential,
-}
+pub struct AzureImage(Deployment);
 
 impl AzureImage {
     /// A client for the image `deployment` at `endpoint`.
@@ -177,46 +190,33 @@ impl AzureImage {
         api_version: &str,
         credential: AzureCredential,
     ) -> Self {
-        Self {
+        Self(Deployment::new(
             transport,
-            url: deployment_url(endpoint, deployment, "images/generations", api_version),
-            deployment: deployment.to_owned(),
+            endpoint,
+            deployment,
+            "images/generations",
+            api_version,
             credential,
-        }
+        ))
     }
 }
 
 #[async_trait::async_trait]
 impl ImageModel for AzureImage {
-    #[tracing::instrument(name = "azure_image", skip_all, fields(deployment = %self.deployment))]
+    #[tracing::instrument(name = "azure_image", skip_all, fields(deployment = %self.0.name))]
     async fn generate(
         &self,
         prompt: &str,
         _: &ProductFacts,
         ctx: &CallContext,
     ) -> Result<GeneratedImage, UpstreamError> {
-        let auth = self.credential.header().await?;
-        let body = ImageGenerationRequest {
+        let request = ImageGenerationRequest {
             prompt,
             n: 1,
             size: "1024x1024",
         };
-        let response = self
-            .transport
-            .send(BACKEND, ctx, || {
-                auth.apply(self.transport.client().post(self.url.clone()).json(&body))
-            })
-            .await?;
-        if response.status.is_success() {
-            parse_image_generation(&response.body)
-        } else {
-            Err(status_error(
-                response.status,
-                &response.body,
-                &self.deployment,
-                self.credential.is_entra(),
-            ))
-        }
+        let body = self.0.post(&request, ctx).await?;
+        parse_image_generation(&body)
     }
 }
 

@@ -9,8 +9,8 @@ use crate::{
     AppState,
     error::{AppError, Operation, ValidationIssue},
     extract::{AppJson, Fields, FromJsonBody},
-    llm::{CallContext, ChatPrompt, ProductFacts},
-    routes::{ErrorBody, ValidationErrorBody, request_id},
+    llm::{ChatPrompt, ProductFacts},
+    routes::{ErrorBody, Generation, ValidationErrorBody},
 };
 
 /// Kept verbatim from the original so descriptions keep their style.
@@ -85,11 +85,6 @@ pub async fn generate_description(
     headers: HeaderMap,
     AppJson(request): AppJson<DescriptionRequest>,
 ) -> Result<Json<DescriptionResponse>, AppError> {
-    let _slot = state
-        .description_slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| AppError::Overloaded)?;
     let prompt = ChatPrompt {
         system: SYSTEM_PROMPT.to_owned(),
         user: user_prompt(&request.name, &request.tags),
@@ -99,11 +94,14 @@ pub async fn generate_description(
         name: request.name,
         tags: request.tags,
     };
-    let ctx = CallContext::with_budget(state.limits.description_timeout, request_id(&headers));
-    let operation = Operation::Description;
-    let description = tokio::time::timeout_at(ctx.deadline, state.chat.complete(&prompt, &facts, &ctx))
-        .await
-        .map_err(|_| AppError::Timeout { operation })?
-        .map_err(|source| AppError::Upstream { operation, source })?;
+    let call = Generation {
+        slots: &state.description_slots,
+        budget: state.limits.description_timeout,
+        headers: &headers,
+        operation: Operation::Description,
+    };
+    let description = call
+        .run(|ctx| async move { state.chat.complete(&prompt, &facts, &ctx).await })
+        .await?;
     Ok(Json(DescriptionResponse { description }))
 }

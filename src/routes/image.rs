@@ -9,8 +9,8 @@ use crate::{
     AppState,
     error::{AppError, Operation, ValidationIssue},
     extract::{AppJson, Fields, FromJsonBody},
-    llm::{CallContext, ProductFacts},
-    routes::{ErrorBody, ValidationErrorBody, description::MAX_NAME_CHARS, request_id},
+    llm::ProductFacts,
+    routes::{ErrorBody, Generation, ValidationErrorBody, description::MAX_NAME_CHARS},
 };
 
 /// Longest accepted description, in characters: the prompt must stay under DALL-E 3's 4,000.
@@ -84,22 +84,20 @@ pub async fn generate_image(
     AppJson(request): AppJson<ImageRequest>,
 ) -> Result<Json<ImageResponse>, AppError> {
     let model = state.image.clone().ok_or(AppError::ImageNotConfigured)?;
-    let _slot = state
-        .image_slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| AppError::Overloaded)?;
     let prompt = image_prompt(&request.name, &request.description);
     let facts = ProductFacts {
         name: request.name,
         tags: Vec::new(),
     };
-    let ctx = CallContext::with_budget(state.limits.image_timeout, request_id(&headers));
-    let operation = Operation::Image;
-    let image = tokio::time::timeout_at(ctx.deadline, model.generate(&prompt, &facts, &ctx))
-        .await
-        .map_err(|_| AppError::Timeout { operation })?
-        .map_err(|source| AppError::Upstream { operation, source })?;
+    let call = Generation {
+        slots: &state.image_slots,
+        budget: state.limits.image_timeout,
+        headers: &headers,
+        operation: Operation::Image,
+    };
+    let image = call
+        .run(|ctx| async move { model.generate(&prompt, &facts, &ctx).await })
+        .await?;
     Ok(Json(ImageResponse {
         image: image.into_src(),
     }))

@@ -16,7 +16,15 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::{AppState, error::AppError};
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::sync::Semaphore;
+
+use crate::{
+    AppState,
+    error::{AppError, Operation},
+    llm::{CallContext, UpstreamError},
+};
 
 /// An error answered with a sentence.
 #[derive(Debug, Serialize, ToSchema)]
@@ -103,6 +111,39 @@ pub fn router() -> Router<AppState> {
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
         )
         .merge(docs)
+}
+
+/// What both generation routes do around their one model call: take a slot (or shed
+/// the request with 503), give the call the route's budget, and map its failure.
+pub struct Generation<'a> {
+    /// The route's concurrency limit.
+    pub slots: &'a Arc<Semaphore>,
+    /// The route's total budget.
+    pub budget: Duration,
+    /// The request's headers (for `x-request-id`).
+    pub headers: &'a HeaderMap,
+    /// Which route, for the error sentence.
+    pub operation: Operation,
+}
+
+impl Generation<'_> {
+    /// Runs `call` within the budget, holding a slot for its whole duration.
+    pub async fn run<T, F>(self, call: impl FnOnce(CallContext) -> F) -> Result<T, AppError>
+    where
+        F: Future<Output = Result<T, UpstreamError>>,
+    {
+        let _slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| AppError::Overloaded)?;
+        let ctx = CallContext::with_budget(self.budget, request_id(self.headers));
+        let operation = self.operation;
+        tokio::time::timeout_at(ctx.deadline, call(ctx.clone()))
+            .await
+            .map_err(|_| AppError::Timeout { operation })?
+            .map_err(|source| AppError::Upstream { operation, source })
+    }
 }
 
 /// The caller's (or generated) `x-request-id`.

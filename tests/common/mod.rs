@@ -512,3 +512,33 @@ impl azure_identity::Executor for PathExecutor {
             .await
     }
 }
+
+/// A token provider that always hands out the same hour-long token.
+#[derive(Debug)]
+pub struct FixedToken(pub &'static str);
+
+#[async_trait::async_trait]
+impl ai_service::credential::TokenProvider for FixedToken {
+    async fn token(&self) -> Result<ai_service::credential::BearerToken, ai_service::credential::TokenError> {
+        Ok(ai_service::credential::BearerToken {
+            secret: secrecy::SecretString::from(self.0.to_owned()),
+            expires_on: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+            credential: "FixedToken",
+        })
+    }
+}
+
+/// Log output kept in memory, for tests that read what the service logged.
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
