@@ -29,7 +29,7 @@ bin=$target_dir/release/ai-service
 mock=$target_dir/release/examples/mock_upstream
 
 MOCK_LATENCY_MS=$LATENCY_MS MOCK_CA_OUT="$work/ca.pem" MOCK_PORT_OUT="$work/port" "$mock" &
-pids+=($!)
+pids+=("$!")
 for _ in $(seq 100); do [[ -s "$work/port" && -s "$work/ca.pem" ]] && break; sleep 0.05; done
 mock_port=$(cat "$work/port")
 mock_url="https://localhost:$mock_port/"
@@ -40,12 +40,12 @@ echo "eyJhbGciOiJub25lIn0.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDphaS
 start_ns=$(date +%s%N)
 env -i PATH="$PATH" PORT="$port" RUST_LOG=warn SSL_CERT_FILE="$work/ca.pem" \
   USE_AZURE_OPENAI=True USE_AZURE_AD=True \
-  AZURE_OPENAI_ENDPOINT="$mock_url" AZURE_OPENAI_DEPLOYMENT_NAME=gpt-5-mini \
+  AZURE_OPENAI_ENDPOINT="$mock_url" AZURE_OPENAI_DEPLOYMENT_NAME=gpt-5-mini AZURE_OPENAI_IMAGE_DEPLOYMENT_NAME=gpt-image-1 \
   AZURE_CLIENT_ID=00000000-0000-0000-0000-000000000001 AZURE_TENANT_ID=00000000-0000-0000-0000-000000000002 \
   AZURE_FEDERATED_TOKEN_FILE="$work/token" AZURE_AUTHORITY_HOST="$mock_url" \
   "$bin" > "$work/service.log" 2>&1 &
 service=$!
-pids+=($service)
+pids+=("$service")
 until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health") == 200 ]]; do
   kill -0 "$service" 2>/dev/null || { cat "$work/service.log"; exit 1; }
 done
@@ -66,6 +66,7 @@ curl -s -o /dev/null -X POST -H 'content-type: application/json' -d '{"name":"wa
 
 rows=()
 max_load_rss=0
+service_calls=1 # the warm-up request
 phase() { # concurrency latency_ms
   local c=$1 latency=$2 threads=2
   (( c < 2 )) && threads=1
@@ -87,16 +88,26 @@ phase() { # concurrency latency_ms
   non2xx=$(awk '/Non-2xx/ {print $NF}' "$work/wrk.txt"); non2xx=${non2xx:-0}
   errors=$(awk '/Socket errors/ {print}' "$work/wrk.txt"); errors=${errors:-none}
   local after_chat; after_chat=$(curl -s "https://localhost:$mock_port/stats" --cacert "$work/ca.pem" | python3 -c 'import json,sys; print(json.load(sys.stdin)["chat_requests"])')
+  service_calls=$(( service_calls + after_chat - before_chat ))
   local bound="-" efficiency="-"
   if (( latency > 0 )); then
     bound=$(( c * 1000 / latency ))
     efficiency=$(awk -v r="$rps" -v b="$bound" 'BEGIN {printf "%.1f%%", 100 * r / b}')
   fi
-  local added50 added99 cpu_us
-  added50=$(awk -v p="$p50" -v l="$latency" 'BEGIN {printf "%.2f", p - l}')
-  added99=$(awk -v p="$p99" -v l="$latency" 'BEGIN {printf "%.2f", p - l}')
+  # The upstream alone at the same concurrency: what the service adds is the difference.
+  local direct50="-" direct99="-" added50 added99 cpu_us
+  if (( latency > 0 )); then
+    wrk -t"$threads" -c"$c" -d"$(( PHASE_SECONDS / 2 ))s" --latency -s bench/post.lua \
+      "https://localhost:$mock_port/openai/deployments/gpt-5-mini/chat/completions?api-version=2024-12-01-preview" > "$work/direct.txt"
+    direct50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$work/direct.txt")")
+    direct99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$work/direct.txt")")
+  else
+    direct50=0; direct99=0
+  fi
+  added50=$(awk -v p="$p50" -v d="$direct50" 'BEGIN {printf "%.2f", p - d}')
+  added99=$(awk -v p="$p99" -v d="$direct99" 'BEGIN {printf "%.2f", p - d}')
   cpu_us=$(awk -v t="$ticks" -v hz="$ticks_per_s" -v n="$requests" 'BEGIN {printf "%.0f", (n > 0) ? 1e6 * t / hz / n : 0}')
-  rows+=("| $c | $latency | $rps | $bound | $efficiency | $p50 | $p99 | $added50 | $added99 | $cpu_us | $(mib "$load_rss") | $non2xx | $(( after_chat - before_chat )) |")
+  rows+=("| $c | $latency | $rps | $bound | $efficiency | $p50 | $p99 | $direct50 | $direct99 | $added50 | $added99 | $cpu_us | $(mib "$load_rss") | $non2xx | $(( after_chat - before_chat )) |")
   echo "phase c=$c latency=${latency}ms: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors: $errors" >&2
 }
 
@@ -106,19 +117,29 @@ phase 64 $LATENCY_MS
 phase 256 $LATENCY_MS
 phase 16 0
 
+# A flood of image requests (each answer ~2.8 MB of base64): the concurrency limit
+# sheds the excess with 503 instead of letting memory grow.
+( peak=0; while kill -0 "$service" 2>/dev/null; do r=$(rss_kib); (( r > peak )) && peak=$r && echo "$peak" > "$work/image_rss"; sleep 0.1; done ) &
+image_sampler=$!
+wrk -t2 -c32 -d"${PHASE_SECONDS}s" -s bench/image.lua "http://127.0.0.1:$port/generate/image" > "$work/image.txt"
+kill "$image_sampler" 2>/dev/null || true; wait "$image_sampler" 2>/dev/null || true
+image_requests=$(awk '/requests in/ {print $1}' "$work/image.txt")
+image_shed=$(awk '/Non-2xx/ {print $NF}' "$work/image.txt"); image_shed=${image_shed:-0}
+image_rss=$(cat "$work/image_rss" 2>/dev/null || echo 0)
+echo "image flood c=32: $image_requests requests, $image_shed shed, RSS peak $(mib "$image_rss") MiB" >&2
+
 peak_rss=$(hwm_kib)
 stats=$(curl -s "https://localhost:$mock_port/stats" --cacert "$work/ca.pem")
 token_requests=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["token_requests"])' "$stats")
-chat_requests=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["chat_requests"])' "$stats")
-per_thousand=$(awk -v t="$token_requests" -v c="$chat_requests" 'BEGIN {printf "%.4f", 1000 * t / c}')
+per_thousand=$(awk -v t="$token_requests" -v c="$service_calls" 'BEGIN {printf "%.4f", 1000 * t / c}')
 
 {
   echo "## Benchmark ($(date -u +%Y-%m-%d), $(nproc) cores, \`make bench\`)"
   echo
-  echo "Release binary against a mock Azure OpenAI + Entra token endpoint over HTTPS on loopback (workload identity, one-hour tokens), wrk, ${PHASE_SECONDS} s per phase."
+  echo "Release binary against a mock Azure OpenAI + Entra token endpoint over HTTPS on loopback (workload identity, one-hour tokens), wrk, ${PHASE_SECONDS} s per phase. \"Upstream alone\" is wrk straight at the mock at the same concurrency; \"added\" is the service's latency minus that."
   echo
-  echo "| concurrency | upstream latency (ms) | requests/s | bound c/latency | of bound | p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) | CPU µs/request | RSS under load (MiB) | non-2xx | upstream calls |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| concurrency | upstream latency (ms) | requests/s | bound c/latency | of bound | p50 (ms) | p99 (ms) | upstream alone p50 (ms) | upstream alone p99 (ms) | added p50 (ms) | added p99 (ms) | CPU µs/request | RSS under load (MiB) | non-2xx | upstream calls |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
   echo
   echo "| measure | value |"
@@ -127,7 +148,8 @@ per_thousand=$(awk -v t="$token_requests" -v c="$chat_requests" 'BEGIN {printf "
   echo "| idle RSS | $(mib "$idle_rss") MiB |"
   echo "| RSS under load (max sampled) | $(mib "$max_load_rss") MiB |"
   echo "| peak RSS (VmHWM) | $(mib "$peak_rss") MiB |"
-  echo "| token requests / upstream calls | $token_requests / $chat_requests |"
+  echo "| image flood, 32 clients for ${PHASE_SECONDS} s, 1 s upstream, ~2.8 MB answers | $(( image_requests - image_shed )) answered 200, $image_shed shed with 503; RSS peak $(mib "$image_rss") MiB |"
+  echo "| token requests / service requests to the upstream | $token_requests / $service_calls |"
   echo "| token requests per 1,000 requests | $per_thousand |"
   echo "| release binary size | $(( $(stat -c %s "$bin") / 1024 )) KiB |"
 } > "$RESULTS/bench.md"

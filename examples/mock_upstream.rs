@@ -5,6 +5,8 @@
 //! (where to write the CA certificate), `MOCK_PORT_OUT` (where to write the
 //! port), `MOCK_TOKEN_LIFETIME` (seconds, default 3600).
 //! `GET /stats` returns the request counts; `PUT /latency/{ms}` changes the latency.
+//! Image generations answer a ~2 MB PNG as `b64_json` (as gpt-image does) after
+//! `MOCK_IMAGE_LATENCY_MS` (default 1000).
 
 use std::{
     sync::{
@@ -60,6 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/openai/deployments/{deployment}/chat/completions", post(chat))
+        .route("/openai/deployments/{deployment}/images/generations", post(image))
         .route("/stats", get(stats))
         .route("/latency/{ms}", put(set_latency))
         .with_state(counters);
@@ -99,6 +102,27 @@ async fn chat(State(counters): State<Arc<Counters>>) -> Json<Value> {
                                  "content": "A squeaky, bouncy, tail-wagging good time for every good dog."}}],
         "usage": {"prompt_tokens": 60, "completion_tokens": 20, "total_tokens": 80}
     }))
+}
+
+async fn image() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    // 2 MB of pseudo-random bytes encode to ~2.8 MB of base64, the size of a 1024x1024 PNG.
+    static BODY: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+    let body = BODY.get_or_init(|| {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let bytes: Vec<u8> = (0..2 * 1024 * 1024)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes);
+        axum::body::Bytes::from(json!({"created": 1_700_000_000, "data": [{"b64_json": encoded}]}).to_string())
+    });
+    tokio::time::sleep(Duration::from_millis(env_number("MOCK_IMAGE_LATENCY_MS", 1000))).await;
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
 }
 
 async fn stats(State(counters): State<Arc<Counters>>) -> Json<Value> {

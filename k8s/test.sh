@@ -115,7 +115,7 @@ test_schema() {
 
 test_lint() {
   local scripts=() f
-  for f in k8s/*.sh k8s/tests/*.sh k8s/tests/*/*.sh scripts/*.sh; do
+  for f in k8s/*.sh k8s/tests/*.sh k8s/tests/*/*.sh scripts/*.sh bench/*.sh .ci/run; do
     if [[ -f $f ]]; then scripts+=("$f"); fi
   done
   for f in "${scripts[@]}"; do
