@@ -654,7 +654,7 @@ fn explain_workload_identity(hints: &Hints, scope: &str, err: &azure_core::Error
     }
     let answer = entra_answer(err);
     let code = |number: &str| {
-        text.contains(&format!("AADSTS{number}"))
+        mentions_code(text, number)
             || answer
                 .as_ref()
                 .is_some_and(|(_, codes)| codes.split(',').any(|c| c.trim() == number))
@@ -665,10 +665,12 @@ fn explain_workload_identity(hints: &Hints, scope: &str, err: &azure_core::Error
              (AADSTS700016). Check AZURE_CLIENT_ID: the ServiceAccount annotation azure.workload.identity/client-id \
              must hold the managed identity's clientId, and AZURE_TENANT_ID its tenant."
         )
-    } else if code("70021") {
+    } else if code("70021") || code("700213") {
+        // 700213 is the same mismatch, reported for the subject.
+        let number = if code("70021") { "70021" } else { "700213" };
         format!(
             "Workload identity: no federated credential of identity {client_id} matches this pod's service account \
-             token (AADSTS70021). Check the federated credential: its issuer must be the cluster's OIDC issuer URL \
+             token (AADSTS{number}). Check the federated credential: its issuer must be the cluster's OIDC issuer URL \
              (az aks show --query oidcIssuerProfile.issuerUrl), its subject \
              system:serviceaccount:<namespace>:<service account>, and its audience api://AzureADTokenExchange."
         )
@@ -706,6 +708,13 @@ fn explain_workload_identity(hints: &Hints, scope: &str, err: &azure_core::Error
     }
 }
 
+/// Whether `text` names `AADSTS{number}` exactly (AADSTS70021 is not AADSTS700213).
+fn mentions_code(text: &str, number: &str) -> bool {
+    let needle = format!("AADSTS{number}");
+    text.match_indices(&needle)
+        .any(|(at, _)| !text[at + needle.len()..].starts_with(|c: char| c.is_ascii_digit()))
+}
+
 fn aadsts_code(text: &str) -> Option<String> {
     let start = text.find("AADSTS")?;
     let digits: String = text[start + 6..].chars().take_while(char::is_ascii_digit).collect();
@@ -718,6 +727,19 @@ fn aadsts_code(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_match_exactly() {
+        assert!(mentions_code(
+            "AADSTS70021: No matching federated identity record",
+            "70021"
+        ));
+        assert!(!mentions_code(
+            "AADSTS700213: No matching federated identity record",
+            "70021"
+        ));
+        assert!(mentions_code("AADSTS700213: x; AADSTS70021: y", "70021"));
+    }
 
     #[test]
     fn aadsts_codes_are_extracted() {
