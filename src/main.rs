@@ -8,8 +8,8 @@ use ai_service::{
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // A missing .env is normal; it never overrides the real environment.
-    let _ = dotenvy::dotenv();
+    // Only ./.env (not a parent's): a missing one is normal, and it never overrides the real environment.
+    let _ = dotenvy::from_path(".env");
     match std::env::args().nth(1).as_deref() {
         None | Some("serve") => run().await,
         Some("check") => check().await,
