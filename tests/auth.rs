@@ -641,15 +641,6 @@ async fn a_rotated_token_file_is_sent_at_the_next_exchange_within_seconds() {
 // 5. Failures: explained, bounded, recovered from
 // ---------------------------------------------------------------------------------------------
 
-/// A port with nothing listening, reserved just long enough to learn its number.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Forwards every connection on `listener` to `target`, bytes as they are (TLS passes through).
 async fn forward(listener: tokio::net::TcpListener, target: SocketAddr) {
     while let Ok((mut inbound, _)) = listener.accept().await {

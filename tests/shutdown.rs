@@ -86,15 +86,6 @@ async fn an_in_flight_request_completes_while_the_server_shuts_down() {
     assert_eq!(azure.count(), 1);
 }
 
-/// A port nothing listens on (yet).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The real binary, with only the given variables, trusting the test CA, in an empty directory (no `.env`).
 struct Binary {
     child: tokio::process::Child,

@@ -12,19 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::free_port;
 use serde_json::Value;
 
 /// How long a process may take to start, fail or stop.
 const PATIENCE: Duration = Duration::from_secs(5);
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Removes ANSI colour sequences (`ESC [ … m`) from a log line.
 fn strip_ansi(line: &str) -> String {

@@ -542,3 +542,12 @@ impl std::io::Write for Captured {
         Ok(())
     }
 }
+
+/// A loopback port nothing listens on: bound for a moment to learn a free number, then released.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
