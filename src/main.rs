@@ -6,6 +6,16 @@ use ai_service::{
     AppState, Dependencies, app, build_services, commands, config::Settings, serve, shutdown_signal, telemetry,
 };
 
+const USAGE: &str = "\
+usage: ai-service [COMMAND]
+
+  serve        run the HTTP service (the default); configured by environment variables, see README.md
+  check        validate the configuration, get one token, call the chat model once, and report
+  healthcheck  exit 0 when the local service answers GET /health (the image's HEALTHCHECK)
+  openapi      print the OpenAPI document as YAML
+  --version    print the version
+";
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // Only ./.env (not a parent's): a missing one is normal, and it never overrides the real environment.
@@ -18,11 +28,12 @@ async fn main() -> ExitCode {
             let yaml = ai_service::routes::openapi().to_yaml().unwrap_or_default();
             exit(std::io::stdout().write_all(yaml.as_bytes()).is_ok())
         }
+        Some("-V" | "--version") => {
+            exit(writeln!(std::io::stdout(), "ai-service {}", env!("CARGO_PKG_VERSION")).is_ok())
+        }
+        Some("-h" | "--help") => exit(std::io::stdout().write_all(USAGE.as_bytes()).is_ok()),
         Some(other) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "unknown command `{other}`; usage: ai-service [serve|check|healthcheck|openapi]"
-            );
+            let _ = write!(std::io::stderr(), "unknown command `{other}`\n\n{USAGE}");
             ExitCode::from(2)
         }
     }

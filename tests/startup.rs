@@ -350,3 +350,23 @@ async fn empty_values_mean_unset_and_start_offline() {
     assert_eq!(health["version"], "0.1.0", "an empty APP_VERSION is unset");
     assert!(status.success(), "{output:#?}");
 }
+
+#[test]
+fn the_binary_answers_version_help_and_an_unknown_command() {
+    let binary = env!("CARGO_BIN_EXE_ai-service");
+    let version = std::process::Command::new(binary).arg("--version").output().unwrap();
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("ai-service {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = std::process::Command::new(binary).arg("--help").output().unwrap();
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("healthcheck"));
+    let unknown = std::process::Command::new(binary).arg("bogus").output().unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("unknown command `bogus`") && stderr.contains("usage:"),
+        "{stderr}"
+    );
+}
