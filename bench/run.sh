@@ -70,10 +70,11 @@ curl -s -o /dev/null -X POST -H 'content-type: application/json' -d '{"name":"wa
 rows=()
 max_load_rss=0
 service_calls=1 # the warm-up request
-phase() { # concurrency latency_ms
-  local c=$1 latency=$2 threads=2
+phase() { # concurrency latency_ms [jitter_ms: each answer waits latency + U(0, jitter)]
+  local c=$1 latency=$2 jitter=${3:-0} threads=2
   (( c < 2 )) && threads=1
   curl -s -X PUT "https://localhost:$mock_port/latency/$latency" --cacert "$work/ca.pem" >/dev/null
+  curl -s -X PUT "https://localhost:$mock_port/jitter/$jitter" --cacert "$work/ca.pem" >/dev/null
   # Warm-up at the same concurrency (not measured): the upstream pool opens its
   # connections (a TLS handshake each) before the measured run.
   wrk -t"$threads" -c"$c" -d2s -s bench/post.lua "http://127.0.0.1:$port/generate/description" > /dev/null
@@ -97,7 +98,7 @@ phase() { # concurrency latency_ms
   service_calls=$(( service_calls + after_chat - before_chat ))
   local bound="-" efficiency="-"
   if (( latency > 0 )); then
-    bound=$(( c * 1000 / latency ))
+    bound=$(( c * 2000 / (2 * latency + jitter) )) # concurrency / mean latency
     efficiency=$(awk -v r="$rps" -v b="$bound" 'BEGIN {printf "%.1f%%", 100 * r / b}')
   fi
   # The upstream alone at the same concurrency: what the service adds is the difference.
@@ -113,7 +114,9 @@ phase() { # concurrency latency_ms
   added50=$(awk -v p="$p50" -v d="$direct50" 'BEGIN {printf "%.2f", p - d}')
   added99=$(awk -v p="$p99" -v d="$direct99" 'BEGIN {printf "%.2f", p - d}')
   cpu_us=$(awk -v t="$ticks" -v hz="$ticks_per_s" -v n="$requests" 'BEGIN {printf "%.0f", (n > 0) ? 1e6 * t / hz / n : 0}')
-  rows+=("| $c | $latency | $rps | $bound | $efficiency | $p50 | $p99 | $direct50 | $direct99 | $added50 | $added99 | $cpu_us | $(mib "$load_rss") | $non2xx | $(( after_chat - before_chat )) |")
+  local shown_latency=$latency
+  (( jitter > 0 )) && shown_latency="$latency + U(0,$jitter)"
+  rows+=("| $c | $shown_latency | $rps | $bound | $efficiency | $p50 | $p99 | $direct50 | $direct99 | $added50 | $added99 | $cpu_us | $(mib "$load_rss") | $non2xx | $(( after_chat - before_chat )) |")
   echo "phase c=$c latency=${latency}ms: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors: $errors" >&2
 }
 
@@ -121,6 +124,8 @@ phase 1 $LATENCY_MS
 phase 16 $LATENCY_MS
 phase 64 $LATENCY_MS
 phase 256 $LATENCY_MS
+# Real upstream latency varies: with jitter the clients stop moving in lockstep.
+phase 64 $LATENCY_MS 20
 phase 16 0
 
 # A flood of image requests (each answer ~2.8 MB of base64): the concurrency limit

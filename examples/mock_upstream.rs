@@ -3,7 +3,8 @@
 //!
 //! Environment: `MOCK_LATENCY_MS` (chat latency, default 100), `MOCK_CA_OUT`
 //! (where to write the CA certificate), `MOCK_PORT_OUT` (where to write the
-//! port), `MOCK_TOKEN_LIFETIME` (seconds, default 3600).
+//! port), `MOCK_TOKEN_LIFETIME` (seconds, default 3600), `MOCK_JITTER_MS` (each
+//! chat answer waits the latency plus up to this much more, uniformly; default 0).
 //! `GET /stats` returns the request counts; `PUT /latency/{ms}` changes the latency.
 //! Image generations answer a ~2 MB PNG as `b64_json` (as gpt-image does) after
 //! `MOCK_IMAGE_LATENCY_MS` (default 1000).
@@ -26,6 +27,7 @@ use serde_json::{Value, json};
 #[derive(Default)]
 struct Counters {
     latency_ms: AtomicU64,
+    jitter_ms: AtomicU64,
     token_requests: AtomicU64,
     chat_requests: AtomicU64,
     token_lifetime: AtomicU64,
@@ -41,6 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     counters
         .latency_ms
         .store(env_number("MOCK_LATENCY_MS", 100), Ordering::Relaxed);
+    counters.jitter_ms.store(env_number("MOCK_JITTER_MS", 0), Ordering::Relaxed);
     counters
         .token_lifetime
         .store(env_number("MOCK_TOKEN_LIFETIME", 3600), Ordering::Relaxed);
@@ -65,6 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/openai/deployments/{deployment}/images/generations", post(image))
         .route("/stats", get(stats))
         .route("/latency/{ms}", put(set_latency))
+        .route("/jitter/{ms}", put(set_jitter))
         .with_state(counters);
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
@@ -91,7 +95,8 @@ async fn token(State(counters): State<Arc<Counters>>) -> Json<Value> {
 
 async fn chat(State(counters): State<Arc<Counters>>) -> Json<Value> {
     counters.chat_requests.fetch_add(1, Ordering::Relaxed);
-    let latency = counters.latency_ms.load(Ordering::Relaxed);
+    let jitter = counters.jitter_ms.load(Ordering::Relaxed);
+    let latency = counters.latency_ms.load(Ordering::Relaxed) + if jitter > 0 { fastrand::u64(0..=jitter) } else { 0 };
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
@@ -130,6 +135,11 @@ async fn stats(State(counters): State<Arc<Counters>>) -> Json<Value> {
         "token_requests": counters.token_requests.load(Ordering::Relaxed),
         "chat_requests": counters.chat_requests.load(Ordering::Relaxed),
     }))
+}
+
+async fn set_jitter(State(counters): State<Arc<Counters>>, Path(ms): Path<u64>) -> &'static str {
+    counters.jitter_ms.store(ms, Ordering::Relaxed);
+    "ok"
 }
 
 async fn set_latency(State(counters): State<Arc<Counters>>, Path(ms): Path<u64>) -> &'static str {
