@@ -43,7 +43,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     counters
         .latency_ms
         .store(env_number("MOCK_LATENCY_MS", 100), Ordering::Relaxed);
-    counters.jitter_ms.store(env_number("MOCK_JITTER_MS", 0), Ordering::Relaxed);
+    counters
+        .jitter_ms
+        .store(env_number("MOCK_JITTER_MS", 0), Ordering::Relaxed);
     counters
         .token_lifetime
         .store(env_number("MOCK_TOKEN_LIFETIME", 3600), Ordering::Relaxed);
