@@ -209,16 +209,9 @@ impl WorkloadIdentity {
     }
 
     fn vars_with_authority(&self, authority: &str) -> Vec<(String, String)> {
-        vars(&[
-            ("USE_AZURE_OPENAI", "True"),
-            ("USE_AZURE_AD", "True"),
-            ("AZURE_OPENAI_ENDPOINT", &self.azure.url),
-            ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-5-mini"),
-            ("AZURE_CLIENT_ID", CLIENT),
-            ("AZURE_TENANT_ID", TENANT),
-            ("AZURE_FEDERATED_TOKEN_FILE", self.token_file.to_str().unwrap()),
-            ("AZURE_AUTHORITY_HOST", authority),
-        ])
+        let mut all = azure_entra_vars(&self.azure, &[]);
+        all.extend(workload_identity_vars(authority, TENANT, CLIENT, &self.token_file));
+        all
     }
 
     /// Every secret of this world: assertions and issued tokens.

@@ -59,14 +59,10 @@ async fn azure_with_entra_sends_the_bearer_token_from_the_token_provider() {
     let mut deps = test_dependencies();
     deps.token_provider = Some(Arc::new(FixedToken("fixed-entra-token")));
     let app = spawn_app_with(
-        vars(&[
-            ("USE_AZURE_OPENAI", "True"),
-            ("USE_AZURE_AD", "True"),
-            ("AZURE_OPENAI_ENDPOINT", &azure.url),
-            ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-5-mini"),
-            ("AZURE_OPENAI_API_VERSION", "2024-10-21"),
-            ("TEMPERATURE", "0.5"),
-        ]),
+        azure_entra_vars(
+            &azure,
+            &[("AZURE_OPENAI_API_VERSION", "2024-10-21"), ("TEMPERATURE", "0.5")],
+        ),
         deps,
     )
     .await;

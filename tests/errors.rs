@@ -176,16 +176,7 @@ async fn a_refused_entra_token_answers_502_naming_the_role() {
     .await;
     let mut deps = test_dependencies();
     deps.token_provider = Some(Arc::new(FixedToken("fixed-entra-token")));
-    let app = spawn_app_with(
-        vars(&[
-            ("USE_AZURE_OPENAI", "True"),
-            ("USE_AZURE_AD", "True"),
-            ("AZURE_OPENAI_ENDPOINT", &azure.url),
-            ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-5-mini"),
-        ]),
-        deps,
-    )
-    .await;
+    let app = spawn_app_with(azure_entra_vars(&azure, &[]), deps).await;
 
     // Act
     let (status, text, sentence) = describe_failing(&app).await;

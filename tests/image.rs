@@ -59,13 +59,7 @@ async fn spawn_entra_image_app(azure: &MockServer) -> TestApp {
     let mut deps = test_dependencies();
     deps.token_provider = Some(Arc::new(FixedToken("fixed-entra-token")));
     spawn_app_with(
-        vars(&[
-            ("USE_AZURE_OPENAI", "True"),
-            ("USE_AZURE_AD", "True"),
-            ("AZURE_OPENAI_ENDPOINT", &azure.url),
-            ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-5-mini"),
-            ("AZURE_OPENAI_IMAGE_DEPLOYMENT_NAME", "gpt-image-1"),
-        ]),
+        azure_entra_vars(azure, &[("AZURE_OPENAI_IMAGE_DEPLOYMENT_NAME", "gpt-image-1")]),
         deps,
     )
     .await

@@ -25,17 +25,7 @@ async fn metrics_count_requests_upstream_attempts_retries_and_token_acquisitions
     let az = FakeAz::logged_in("token-from-fake-az");
     let mut deps = test_dependencies();
     deps.executor = Some(az.executor());
-    let app = spawn_app_with(
-        vars(&[
-            ("USE_AZURE_OPENAI", "True"),
-            ("USE_AZURE_AD", "True"),
-            ("AZURE_OPENAI_ENDPOINT", &azure.url),
-            ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-5-mini"),
-            ("APP_VERSION", "9.9.9"),
-        ]),
-        deps,
-    )
-    .await;
+    let app = spawn_app_with(azure_entra_vars(&azure, &[("APP_VERSION", "9.9.9")]), deps).await;
 
     // Act: three good descriptions (one retried), one invalid body, one health check.
     for _ in 0..3 {

@@ -120,19 +120,16 @@ async fn entra(fail: bool) -> MockServer {
     .await
 }
 
-fn workload_identity_vars(azure: &MockServer, authority: &str, token_file: &std::path::Path) -> Vec<(String, String)> {
-    vars(&[
-        ("USE_AZURE_OPENAI", "True"),
-        ("USE_AZURE_AD", "True"),
-        ("AZURE_OPENAI_ENDPOINT", &azure.url),
-        ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-5-mini"),
-        ("AZURE_OPENAI_IMAGE_DEPLOYMENT_NAME", "gpt-image-1"),
-        ("AZURE_AUTHORITY_HOST", authority),
-        ("AZURE_TENANT_ID", TENANT),
-        ("AZURE_CLIENT_ID", CLIENT),
-        ("AZURE_FEDERATED_TOKEN_FILE", &token_file.display().to_string()),
-        ("UPSTREAM_MAX_RETRIES", "1"),
-    ])
+fn entra_app_vars(azure: &MockServer, authority: &str, token_file: &std::path::Path) -> Vec<(String, String)> {
+    let mut all = azure_entra_vars(
+        azure,
+        &[
+            ("AZURE_OPENAI_IMAGE_DEPLOYMENT_NAME", "gpt-image-1"),
+            ("UPSTREAM_MAX_RETRIES", "1"),
+        ],
+    );
+    all.extend(workload_identity_vars(authority, TENANT, CLIENT, token_file));
+    all
 }
 
 /// An Azure OpenAI mock: chat and image succeed when the expected credential header is sent (else 418).
@@ -186,7 +183,7 @@ async fn no_secret_reaches_a_log_line_an_answer_or_debug_output() {
     // 1. Workload identity: a token exchange, a description and an image, then Azure OpenAI refuses the token.
     let login = entra(false).await;
     let azure = azure_openai(("authorization", format!("Bearer {ACCESS_TOKEN}"))).await;
-    let app = spawn_app(workload_identity_vars(&azure, &login.url, &token_file)).await;
+    let app = spawn_app(entra_app_vars(&azure, &login.url, &token_file)).await;
     assert_eq!(description(&app, &mut answers).await.0, 200);
     assert_eq!(image(&app, &mut answers).await.0, 200);
     assert_eq!(login.count(), 1, "one token exchange, cached");
@@ -208,13 +205,13 @@ async fn no_secret_reaches_a_log_line_an_answer_or_debug_output() {
 
     // 2. Workload identity refused by Microsoft Entra ID, and Entra unreachable.
     let refusing = entra(true).await;
-    let app = spawn_app(workload_identity_vars(&azure, &refusing.url, &token_file)).await;
+    let app = spawn_app(entra_app_vars(&azure, &refusing.url, &token_file)).await;
     let (status, text) = description(&app, &mut answers).await;
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("Workload identity"), "{text}");
     assert!(refusing.count() >= 1);
     drop(app);
-    let app = spawn_app(workload_identity_vars(&azure, &closed_port_url(), &token_file)).await;
+    let app = spawn_app(entra_app_vars(&azure, &closed_port_url(), &token_file)).await;
     let (status, text) = description(&app, &mut answers).await;
     assert_eq!(status, 503, "{text}");
 
@@ -277,12 +274,7 @@ async fn no_secret_reaches_a_log_line_an_answer_or_debug_output() {
 
     // 5. The developer's `az login`: a token from the CLI, then a CLI whose output is broken mid-token.
     let azure = azure_openai(("authorization", format!("Bearer {ACCESS_TOKEN}"))).await;
-    let developer_vars = vars(&[
-        ("USE_AZURE_OPENAI", "True"),
-        ("USE_AZURE_AD", "True"),
-        ("AZURE_OPENAI_ENDPOINT", &azure.url),
-        ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-5-mini"),
-    ]);
+    let developer_vars = azure_entra_vars(&azure, &[]);
     for (az, expected) in [
         (FakeAz::logged_in(ACCESS_TOKEN), 200),
         (

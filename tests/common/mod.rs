@@ -288,6 +288,31 @@ pub fn azure_key_vars(azure: &MockServer) -> Vec<(String, String)> {
     ])
 }
 
+/// The variables of an Azure OpenAI + Microsoft Entra configuration pointing at `azure`, plus `extra`.
+pub fn azure_entra_vars(azure: &MockServer, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut all = vars(&[
+        ("USE_AZURE_OPENAI", "True"),
+        ("USE_AZURE_AD", "True"),
+        ("AZURE_OPENAI_ENDPOINT", &azure.url),
+        ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-5-mini"),
+    ]);
+    all.extend(vars(extra));
+    all
+}
+
+/// The variables the AKS workload identity webhook injects.
+pub fn workload_identity_vars(authority: &str, tenant: &str, client: &str, token_file: &Path) -> Vec<(String, String)> {
+    vars(&[
+        ("AZURE_AUTHORITY_HOST", authority),
+        ("AZURE_TENANT_ID", tenant),
+        ("AZURE_CLIENT_ID", client),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            token_file.to_str().expect("a UTF-8 temp path"),
+        ),
+    ])
+}
+
 pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
