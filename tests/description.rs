@@ -221,4 +221,22 @@ fn the_schema_check_itself_rejects_a_request_the_official_description_forbids() 
     let two_images = json!({"prompt": "x", "n": 2});
     let result = std::panic::catch_unwind(|| schema.assert_valid("imageGenerationsRequest", &two_images));
     assert!(result.is_err());
+    let unknown_role = json!({"messages": [{"role": "narrator", "content": "x"}]});
+    let result = std::panic::catch_unwind(|| schema.assert_valid("createChatCompletionRequest", &unknown_role));
+    assert!(result.is_err());
+    let odd_size = json!({"prompt": "x", "n": 1, "size": "1000x1000"});
+    let result = std::panic::catch_unwind(|| schema.assert_valid("imageGenerationsRequest", &odd_size));
+    assert!(result.is_err());
+    let answer_without_choices = json!({"id": "x", "object": "chat.completion", "created": 1, "model": "m"});
+    let result =
+        std::panic::catch_unwind(|| schema.assert_valid("createChatCompletionResponse", &answer_without_choices));
+    assert!(result.is_err());
+}
+
+#[test]
+fn the_answers_the_mocks_give_match_the_official_response_schemas() {
+    // The mocks must answer what Azure OpenAI answers, or the tests prove nothing about production.
+    let schema = OfficialSchema::load();
+    schema.assert_valid("createChatCompletionResponse", &chat_completion("A witty description."));
+    schema.assert_valid("generateImagesResponse", &fixture("image-url-answer.json"));
 }

@@ -40,12 +40,7 @@ fn b64_answer() -> Value {
 
 /// The official example of a DALL-E answer (one `url` per image).
 fn dalle_example_answer() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/azure-openai/examples/generated_image_generation.json"
-    );
-    let example: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    example["responses"]["200"]["body"].clone()
+    fixture("image-url-answer.json")
 }
 
 async fn health(app: &TestApp) -> Value {

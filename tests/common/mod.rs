@@ -423,7 +423,17 @@ pub fn detail(body: &Value) -> &str {
         .unwrap_or_else(|| panic!("no detail sentence in {body}"))
 }
 
-/// Validates upstream request bodies against the official Azure OpenAI description.
+/// A JSON file of `tests/fixtures/azure-openai/` (see the README there for where each comes from).
+pub fn fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/azure-openai")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// Validates upstream request and response bodies against the schemas of the official
+/// Azure OpenAI description (2024-10-21) that the service sends and reads.
 pub struct OfficialSchema {
     document: Value,
 }
@@ -432,10 +442,7 @@ impl OfficialSchema {
     pub fn load() -> &'static OfficialSchema {
         static SCHEMA: OnceLock<OfficialSchema> = OnceLock::new();
         SCHEMA.get_or_init(|| {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/azure-openai/inference-2024-10-21.json");
-            let text = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("the official description is needed at {}: {e}", path.display()));
-            let mut document: Value = serde_json::from_str(&text).unwrap();
+            let mut document = fixture("schemas.json");
             openapi_to_json_schema(&mut document);
             OfficialSchema { document }
         })
