@@ -53,6 +53,28 @@ async fn azure_with_an_api_key_returns_the_description_and_sends_the_contract_re
 }
 
 #[tokio::test]
+async fn unknown_body_fields_are_ignored_and_the_upstream_gets_the_same_request_as_without_them() {
+    // Arrange: the original ignores fields it does not know, and the store-admin may send more one day.
+    let azure = azure_openai_answering("Same as ever.").await;
+    let app = spawn_app(azure_key_vars(&azure)).await;
+    let plain = json!({"name": "Catnip Carnival", "tags": ["cat", "toy"]});
+    let with_extras = json!({"name": "Catnip Carnival", "tags": ["cat", "toy"], "price": 9.99, "id": 7, "tags2": null});
+
+    // Act
+    let (status_plain, body_plain) = status_and_json(app.post_description(&plain).await).await;
+    let (status_extra, body_extra) = status_and_json(app.post_description(&with_extras).await).await;
+
+    // Assert
+    assert_eq!((status_plain, status_extra), (200, 200));
+    assert_eq!(body_plain, body_extra);
+    let requests = azure.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].path, requests[1].path);
+    assert_eq!(requests[0].json(), requests[1].json());
+    assert!(!String::from_utf8_lossy(&requests[1].body).contains("9.99"));
+}
+
+#[tokio::test]
 async fn azure_with_entra_sends_the_bearer_token_from_the_token_provider() {
     // Arrange
     let azure = azure_openai_answering("Bearer-powered prose.").await;

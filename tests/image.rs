@@ -60,6 +60,33 @@ async fn spawn_entra_image_app(azure: &MockServer) -> TestApp {
     .await
 }
 
+#[test]
+fn the_gpt_image_answer_of_the_mock_matches_the_official_response_schema() {
+    OfficialSchema::load().assert_valid("generateImagesResponse", &b64_answer());
+}
+
+#[tokio::test]
+async fn unknown_body_fields_are_ignored_and_the_image_upstream_gets_the_same_request_as_without_them() {
+    // Arrange
+    let azure = MockServer::start(|_, _| MockResponse::json(200, b64_answer())).await;
+    let app = spawn_app(image_vars(&azure, &[])).await;
+    let mut with_extras = product();
+    with_extras["size"] = json!("256x256");
+    with_extras["style"] = json!({"nested": [1, 2]});
+
+    // Act
+    let (status_plain, body_plain) = status_and_json(app.post_image(&product()).await).await;
+    let (status_extra, body_extra) = status_and_json(app.post_image(&with_extras).await).await;
+
+    // Assert: the extra "size" does not leak into the upstream request
+    assert_eq!((status_plain, status_extra), (200, 200));
+    assert_eq!(body_plain, body_extra);
+    let requests = azure.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].json(), requests[1].json());
+    assert_eq!(requests[1].json()["size"], "1024x1024");
+}
+
 #[tokio::test]
 async fn a_gpt_image_answer_becomes_a_png_data_url_and_the_upstream_gets_the_contract_request() {
     // Arrange
