@@ -53,6 +53,9 @@ pub enum AppError {
         /// The configured limit.
         limit: usize,
     },
+    /// 400: the body could not be read (the client broke off while sending it).
+    #[error("the request body could not be read")]
+    BodyUnreadable,
     /// 415: a body that is not JSON.
     #[error("unsupported content type")]
     UnsupportedMediaType,
@@ -93,6 +96,10 @@ impl AppError {
             AppError::PayloadTooLarge { limit } => sentence(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("The request body is larger than {limit} bytes."),
+            ),
+            AppError::BodyUnreadable => sentence(
+                StatusCode::BAD_REQUEST,
+                "The request body could not be read; send it again.".to_owned(),
             ),
             AppError::UnsupportedMediaType => sentence(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -237,6 +244,13 @@ impl IntoResponse for AppError {
             _ => tracing::info!(status = status.as_u16(), "{self}"),
         }
         let mut response = (status, Json(json!({ "detail": detail }))).into_response();
+        if matches!(self, AppError::PayloadTooLarge { .. }) {
+            // The rest of the body is being discarded (see `extract::read_body`); the
+            // connection ends with it.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(seconds) = retry_after {
             response
                 .headers_mut()

@@ -5,12 +5,16 @@
 //! field, which lets one answer list every problem with pydantic's `type`,
 //! `loc`, `msg` and `input`, as the original service does.
 
+use std::time::Duration;
+
 use axum::{
-    body::to_bytes,
+    body::{Body, Bytes, HttpBody},
     extract::{FromRequest, Request},
     http::header,
 };
+use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
+use tokio::time::Instant;
 
 use crate::{
     AppState,
@@ -44,10 +48,7 @@ impl<T: FromJsonBody> FromRequest<AppState> for AppJson<T> {
                 return Err(AppError::UnsupportedMediaType);
             }
         }
-        let limit = state.limits.max_body_bytes;
-        let bytes = to_bytes(request.into_body(), limit)
-            .await
-            .map_err(|_| AppError::PayloadTooLarge { limit })?;
+        let bytes = read_body(request.into_body(), state.limits.max_body_bytes).await?;
         let body: Value = serde_json::from_slice(&bytes).map_err(|err| {
             AppError::Validation(vec![ValidationIssue {
                 kind: "json_invalid",
@@ -59,6 +60,63 @@ impl<T: FromJsonBody> FromRequest<AppState> for AppJson<T> {
         })?;
         T::from_json(&body).map(AppJson).map_err(AppError::Validation)
     }
+}
+
+/// After a 413, at most this much more of the body is read and thrown away...
+const DISCARD_MAX_BYTES: u64 = 32 * 1024 * 1024;
+/// ...for at most this long in all...
+const DISCARD_MAX_TIME: Duration = Duration::from_secs(10);
+/// ...and at most this long waiting for the next piece.
+const DISCARD_IDLE_TIME: Duration = Duration::from_secs(2);
+
+/// Reads the whole body, or answers 413 once it passes `limit` bytes.
+///
+/// On a 413 the rest of the body is read and discarded in the background, within
+/// [`DISCARD_MAX_BYTES`], [`DISCARD_MAX_TIME`] and [`DISCARD_IDLE_TIME`], while the answer goes
+/// out with `Connection: close`. Closing at once would reset the connection under a client
+/// that writes its whole body before it reads (Python's `http.client`), which then never
+/// sees the 413; nginx's lingering close does the same for the same reason.
+async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, AppError> {
+    let too_large = |body: Body| {
+        tokio::spawn(discard(body));
+        AppError::PayloadTooLarge { limit }
+    };
+    // A declared Content-Length over the limit is refused before reading any of it.
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large(body));
+    }
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| AppError::BodyUnreadable)?;
+        if let Some(data) = frame.data_ref() {
+            if bytes.len() + data.len() > limit {
+                return Err(too_large(body));
+            }
+            bytes.extend_from_slice(data);
+        }
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// Reads and drops what is left of `body` within the bounds above; dropping it then closes
+/// the connection (the 413 said `Connection: close`).
+async fn discard(mut body: Body) {
+    let give_up = Instant::now() + DISCARD_MAX_TIME;
+    let mut discarded: u64 = 0;
+    loop {
+        let wait_until = give_up.min(Instant::now() + DISCARD_IDLE_TIME);
+        match tokio::time::timeout_at(wait_until, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                discarded += frame.data_ref().map_or(0, |data| data.len() as u64);
+                if discarded > DISCARD_MAX_BYTES {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) | Err(_) => break,
+        }
+    }
+    tracing::debug!(discarded, "stopped reading the rest of an oversized body");
 }
 
 fn decode_error_kind(err: &serde_json::Error) -> &'static str {

@@ -355,3 +355,99 @@ async fn an_unknown_docs_asset_answers_404_with_a_detail_too() {
 
     assert_eq!((status, body), (404, json!({"detail": "Not Found"})));
 }
+
+/// A raw HTTP/1.1 client on a blocking socket, like Python's `http.client`: it writes the
+/// headers and `sent` body bytes of a `declared`-byte body, then reads whatever comes back
+/// until the server closes. Returns how many body bytes the socket accepted, the answer,
+/// and whether the server closed (EOF or reset) rather than left the socket open.
+fn send_then_read(address: &str, declared: usize, sent: usize) -> (usize, String, bool) {
+    use std::io::{ErrorKind, Read, Write};
+    let mut stream = std::net::TcpStream::connect(address.trim_start_matches("http://")).unwrap();
+    // Generous: only a server that never closes comes near it.
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "POST /generate/description HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    let mut written = 0;
+    while written < sent {
+        let n = chunk.len().min(sent - written);
+        match stream.write(&chunk[..n]) {
+            Ok(n) => written += n,
+            Err(_) => break,
+        }
+    }
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let closed = loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break true,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            Err(err) if err.kind() == ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    (written, String::from_utf8_lossy(&answer).into_owned(), closed)
+}
+
+const TEN_MB: usize = 10 * 1024 * 1024;
+
+#[tokio::test]
+async fn a_client_that_writes_a_10_mb_body_before_reading_gets_the_413_with_its_detail() {
+    // Arrange
+    let app = spawn_app(vec![]).await;
+    let address = app.address.clone();
+
+    // Act: the whole body goes out before a single byte is read, as http.client does.
+    let (written, answer, closed) = tokio::task::spawn_blocking(move || send_then_read(&address, TEN_MB, TEN_MB))
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(written, TEN_MB, "the service stopped reading: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"detail":"The request body is larger than 65536 bytes."}"#),
+        "{answer}"
+    );
+    assert!(closed, "the connection stayed open after the body was discarded");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_sending_after_the_413_gets_it_and_the_connection_is_closed() {
+    // Arrange
+    let app = spawn_app(vec![]).await;
+    let address = app.address.clone();
+
+    // Act: declares 10 MB, sends 1 MB, then only reads.
+    let (_, answer, closed) = tokio::task::spawn_blocking(move || send_then_read(&address, TEN_MB, 1024 * 1024))
+        .await
+        .unwrap();
+
+    // Assert: the answer arrives, and the service gives up waiting for the rest (after 2 s idle).
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.ends_with(r#"larger than 65536 bytes."}"#), "{answer}");
+    assert!(closed, "the read timed out: the service held the connection open");
+}
+
+#[tokio::test]
+async fn after_a_413_the_service_discards_at_most_32_mib_then_closes() {
+    // Arrange
+    let app = spawn_app(vec![]).await;
+    let address = app.address.clone();
+    let declared = 256 * 1024 * 1024;
+
+    // Act: tries to push 256 MiB.
+    let (written, answer, closed) = tokio::task::spawn_blocking(move || send_then_read(&address, declared, declared))
+        .await
+        .unwrap();
+
+    // Assert: the socket stopped taking bytes past the 32 MiB bound plus the kernel's buffers.
+    assert!(written < 64 * 1024 * 1024, "the service read {written} bytes");
+    assert!(written > 32 * 1024 * 1024, "stopped early at {written} bytes");
+    assert!(closed);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 413 "), "{answer}");
+}
