@@ -7,7 +7,7 @@
 //! is an error that names the missing variable; no configuration at all selects
 //! the embedded offline generator.
 
-use std::{collections::HashMap, fmt, path::PathBuf, time::Duration};
+use std::{collections::HashMap, fmt, net::IpAddr, path::PathBuf, time::Duration};
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -50,6 +50,8 @@ pub enum LogFormat {
 /// Everything the service needs to know, parsed once.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The address to listen on (`HOST`); `None` listens on every IPv6 and IPv4 address.
+    pub host: Option<IpAddr>,
     /// TCP port to listen on (`PORT`, default 5001).
     pub port: u16,
     /// Log format (`LOG_FORMAT`: `text` or `json`).
@@ -209,6 +211,7 @@ impl Default for Limits {
 /// The raw variables, all strings: `config` lower-cases the names.
 #[derive(Debug, Default, Deserialize)]
 struct RawEnv {
+    host: Option<String>,
     port: Option<String>,
     log_format: Option<String>,
     app_version: Option<String>,
@@ -292,6 +295,7 @@ impl Settings {
             }
         };
         Ok(Self {
+            host: raw.host.as_deref().map(listen_address).transpose()?,
             port: parse_number(raw.port.as_deref(), "PORT")?.unwrap_or(5001),
             log_format,
             app_version: raw.app_version.unwrap_or_else(|| "0.1.0".to_owned()),
@@ -315,6 +319,11 @@ impl Settings {
     /// One line for the startup log: what is configured, secrets shown only as set/unset.
     pub fn summary(&self) -> String {
         let mut parts = vec![
+            format!(
+                "host={}",
+                self.host
+                    .map_or_else(|| "<all IPv6 and IPv4>".to_owned(), |ip| ip.to_string())
+            ),
             format!("port={}", self.port),
             format!("version={}", self.app_version),
             format!("backend={}", self.backend.name()),
@@ -397,6 +406,20 @@ fn parse_url(value: &str, name: &str) -> Result<Url, ConfigError> {
         )));
     }
     Ok(url)
+}
+
+/// `HOST`: one IP address, as uvicorn's `--host` takes it (`[::1]` is accepted too).
+fn listen_address(value: &str) -> Result<IpAddr, ConfigError> {
+    let bare = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(value);
+    bare.parse().map_err(|_| {
+        ConfigError::new(format!(
+            "HOST must be an IP address to listen on (e.g. 127.0.0.1, ::1, 0.0.0.0 or ::), not `{value}`; \
+             leave it unset to listen on every IPv6 and IPv4 address"
+        ))
+    })
 }
 
 fn parse_number<T: std::str::FromStr>(value: Option<&str>, name: &str) -> Result<Option<T>, ConfigError> {
@@ -669,8 +692,26 @@ mod tests {
         let s = settings(&[]).unwrap();
         assert!(matches!(s.backend, Backend::Offline));
         assert_eq!(s.port, 5001);
+        assert_eq!(s.host, None);
         assert_eq!(s.app_version, "0.1.0");
         assert_eq!(s.capabilities(), vec!["description", "image"]);
+    }
+
+    #[test]
+    fn host_takes_one_ip_address_and_names_itself_when_it_is_not_one() {
+        assert_eq!(
+            settings(&[("HOST", "127.0.0.1")]).unwrap().host,
+            Some([127, 0, 0, 1].into())
+        );
+        assert_eq!(
+            settings(&[("HOST", "[::1]")]).unwrap().host,
+            Some(std::net::Ipv6Addr::LOCALHOST.into())
+        );
+        assert_eq!(settings(&[("HOST", "")]).unwrap().host, None);
+        for bad in ["localhost", "127.0.0.1:5001", "300.1.1.1"] {
+            let err = settings(&[("HOST", bad)]).unwrap_err().to_string();
+            assert!(err.contains("HOST must be an IP address") && err.contains(bad), "{err}");
+        }
     }
 
     #[test]

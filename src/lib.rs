@@ -11,6 +11,7 @@ pub mod config;
 pub mod credential;
 pub mod error;
 pub mod extract;
+pub mod listener;
 pub mod llm;
 pub mod metrics;
 pub mod routes;

@@ -1,9 +1,10 @@
 //! Entry point: wires telemetry, settings, state and the listener, and nothing else.
 
-use std::{io::Write, net::SocketAddr, process::ExitCode};
+use std::{io::Write, process::ExitCode};
 
 use ai_service::{
-    AppState, Dependencies, app, build_services, commands, config::Settings, serve, shutdown_signal, telemetry,
+    AppState, Dependencies, app, build_services, commands, config::Settings, listener, serve, shutdown_signal,
+    telemetry,
 };
 
 const USAGE: &str = "\
@@ -86,15 +87,19 @@ async fn run() -> ExitCode {
     }
     let grace = settings.limits.shutdown_grace;
     let state = AppState::new(&settings, services);
-    let address = SocketAddr::from(([0, 0, 0, 0], settings.port));
-    let listener = match tokio::net::TcpListener::bind(address).await {
+    let listener = match listener::bind(settings.host, settings.port) {
         Ok(listener) => listener,
         Err(err) => {
-            tracing::error!("cannot listen on {address}: {err}");
+            let host = settings
+                .host
+                .map_or_else(|| "every address".to_owned(), |ip| ip.to_string());
+            tracing::error!("cannot listen on {host}, port {}: {err}", settings.port);
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(%address, "listening");
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "listening");
+    }
     match serve(listener, app(state), shutdown_signal(), grace).await {
         Ok(()) => {
             tracing::info!("stopped");

@@ -370,3 +370,73 @@ fn the_binary_answers_version_help_and_an_unknown_command() {
         "{stderr}"
     );
 }
+
+/// Whether `GET {base}/health` answers 200 (a refused connection is `false`).
+async fn health_answers(base: &str) -> bool {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    match client.get(format!("{base}/health")).send().await {
+        Ok(response) => response.status() == 200,
+        Err(err) => {
+            assert!(err.is_connect(), "not a refused connection: {err:?}");
+            false
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_host_it_answers_on_ipv4_and_ipv6_loopback() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut service = Service::start(dir.path(), &[("PORT", &port.to_string())]);
+    service.wait_for_health(port).await;
+
+    // Act
+    let ipv4 = health_answers(&format!("http://127.0.0.1:{port}")).await;
+    let ipv6 = health_answers(&format!("http://[::1]:{port}")).await;
+    let (_, output) = service.terminate();
+
+    // Assert
+    assert!(ipv4 && ipv6, "IPv4 {ipv4}, IPv6 {ipv6}: {output:#?}");
+    assert!(
+        output
+            .iter()
+            .any(|l| l.contains("listening") && l.contains(&format!("[::]:{port}"))),
+        "{output:#?}"
+    );
+}
+
+#[tokio::test]
+async fn host_127_0_0_1_answers_on_ipv4_loopback_only() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut service = Service::start(dir.path(), &[("PORT", &port.to_string()), ("HOST", "127.0.0.1")]);
+    service.wait_for_health(port).await;
+
+    // Act
+    let ipv6 = health_answers(&format!("http://[::1]:{port}")).await;
+    let (_, output) = service.terminate();
+
+    // Assert
+    assert!(!ipv6, "answered on [::1]: {output:#?}");
+    assert!(
+        output
+            .iter()
+            .any(|l| l.contains("listening") && l.contains(&format!("127.0.0.1:{port}"))),
+        "{output:#?}"
+    );
+}
+
+#[test]
+fn a_host_that_is_not_an_ip_address_stops_startup_naming_host() {
+    let output = refused(&[("HOST", "my-pod.local")]);
+
+    assert!(
+        output.contains("HOST must be an IP address") && output.contains("my-pod.local"),
+        "{output}"
+    );
+}
