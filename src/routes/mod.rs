@@ -37,7 +37,7 @@ pub struct ErrorBody {
 /// One validation problem, in FastAPI's form.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ValidationIssueBody {
-    /// pydantic's error type, e.g. `missing`, `string_type`, `json_invalid`, `extra_forbidden`.
+    /// pydantic's error type, e.g. `missing`, `string_type`, `json_invalid`, `string_too_long`.
     #[serde(rename = "type")]
     #[schema(example = "missing")]
     pub kind: String,
