@@ -277,13 +277,30 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let started = tokio::time::Instant::now();
-    state.metrics.in_flight().inc();
+    // A guard, not inc/await/dec: when a client disconnects, hyper drops this future at
+    // the await and only a destructor still runs.
+    let _in_flight = InFlight::enter(state.metrics.in_flight());
     let response = next.run(request).await;
-    state.metrics.in_flight().dec();
     state
         .metrics
         .http_request(&route, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
+}
+
+/// Counts one request in flight for as long as it lives.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlight {
+    fn enter(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight

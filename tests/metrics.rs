@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::time::Duration;
 
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
@@ -110,4 +111,44 @@ async fn metrics_count_requests_upstream_attempts_retries_and_token_acquisitions
     );
     assert_eq!(azure.count(), 4);
     assert_eq!(az.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn the_in_flight_gauge_comes_back_to_zero_when_clients_disconnect_mid_request() {
+    // Arrange: an upstream that takes far longer than the clients wait.
+    let azure = MockServer::start(|_, _| {
+        MockResponse::json(200, chat_completion("Too late.")).delayed(Duration::from_secs(30))
+    })
+    .await;
+    let app = spawn_app(azure_key_vars(&azure)).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+
+    // Act: three clients give up while their descriptions are being generated.
+    for _ in 0..3 {
+        let sent = impatient
+            .post(app.url("/generate/description"))
+            .json(&json!({"name": "Ball", "tags": []}))
+            .send()
+            .await;
+        assert!(sent.is_err_and(|e| e.is_timeout()));
+    }
+
+    // Assert: once the server has seen the disconnects, only the scrape itself is in flight.
+    let mut in_flight = f64::NAN;
+    for _ in 0..100 {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        in_flight = sample(&text, "ai_service_http_requests_in_flight");
+        if in_flight == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        in_flight, 1.0,
+        "requests abandoned by their clients still count as in flight"
+    );
+    assert_eq!(azure.count(), 3);
 }
