@@ -2,7 +2,7 @@
 //! path to Azure OpenAI from inside a pod) and `healthcheck` (the image's
 //! HEALTHCHECK, since the image has no shell or curl).
 
-use std::{io::Write, path::Path, time::Duration};
+use std::{collections::HashMap, io::Write, path::Path, time::Duration};
 
 use secrecy::ExposeSecret;
 use time::OffsetDateTime;
@@ -10,54 +10,161 @@ use time::OffsetDateTime;
 use crate::{
     Dependencies, build_services,
     config::{AzureAuth, Backend, Settings},
+    credential::{
+        AssertionClaims, MissingWorkloadIdentity, assertion_problem, claim_strings, explain_assertion,
+        explain_missing_workload_identity, explain_regional_endpoint, is_regional_endpoint, unverified_claims,
+    },
+    error::{ENTRA_REFUSED_ADVICE, ROLE_PROPAGATION_ADVICE},
     llm::{CallContext, ChatPrompt, ProductFacts, UpstreamError},
 };
 
-/// Validates the configuration, gets one token, calls the chat model once with a tiny
-/// prompt, and writes what happened to `out`. Returns whether everything worked.
-///
-/// It prints which credential worked, the token's expiry and the deployment's answer,
-/// never the token, the federated assertion or a key.
-pub async fn check(settings: &Settings, deps: Dependencies, out: &mut dyn Write) -> bool {
-    let mut say = |line: String| {
-        let _ = writeln!(out, "{line}");
-    };
-    say(format!("configuration: ok ({})", settings.summary()));
-    for warning in &settings.warnings {
-        say(format!("warning: {warning}"));
+/// How `check` runs, besides the environment it checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// `--wait SECONDS`: how long to keep retrying the chat call while Azure OpenAI refuses the
+    /// Microsoft Entra token (a new role assignment takes minutes to reach it). Zero: no retry.
+    pub wait: Duration,
+    /// The pause between those retries, each one reporting the time waited so far.
+    pub retry_interval: Duration,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self {
+            wait: Duration::ZERO,
+            retry_interval: Duration::from_secs(10),
+        }
     }
-    let services = match build_services(settings, deps) {
+}
+
+impl CheckOptions {
+    /// Parses the arguments after `check`: `--wait SECONDS` or `--wait=SECONDS`.
+    /// The error says which argument is wrong, for the usage message.
+    pub fn from_args(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let mut options = Self::default();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let value = match arg.strip_prefix("--wait=") {
+                Some(value) => value.to_owned(),
+                None if arg == "--wait" => args
+                    .next()
+                    .ok_or_else(|| "`--wait` needs a number of seconds".to_owned())?,
+                None => return Err(format!("unknown argument `{arg}` to `check`")),
+            };
+            let seconds: u64 = value
+                .parse()
+                .map_err(|_| format!("`--wait` takes a whole number of seconds, not `{value}`"))?;
+            options.wait = Duration::from_secs(seconds);
+        }
+        Ok(options)
+    }
+}
+
+fn say(out: &mut dyn Write, line: impl std::fmt::Display) {
+    let _ = writeln!(out, "{line}");
+}
+
+/// Validates the configuration in `vars` (the process environment), finds the workload identity
+/// mistakes that can be seen without calling anyone, gets one token, calls the chat model once
+/// with a tiny prompt, and writes what happened to `out`. Returns whether everything worked.
+///
+/// It prints which credential worked, the claims of the federated token and of the access token
+/// (decoded, not verified) and the deployment's answer: never a token, an assertion, a signature
+/// or a key.
+pub async fn check(
+    vars: HashMap<String, String>,
+    deps: Dependencies,
+    options: &CheckOptions,
+    out: &mut dyn Write,
+) -> bool {
+    let missing = missing_workload_identity(&vars);
+    let settings = match Settings::from_source(vars) {
+        Ok(settings) => settings,
+        Err(err) => {
+            say(out, format_args!("configuration: FAILED: {err}"));
+            if let Some(missing) = missing {
+                say(
+                    out,
+                    format_args!(
+                        "workload identity: FAILED: {}",
+                        explain_missing_workload_identity(missing)
+                    ),
+                );
+            }
+            return false;
+        }
+    };
+    say(out, format_args!("configuration: ok ({})", settings.summary()));
+    for warning in &settings.warnings {
+        say(out, format_args!("warning: {warning}"));
+    }
+    if let Some(missing) = missing {
+        say(
+            out,
+            format_args!(
+                "workload identity: FAILED: {}",
+                explain_missing_workload_identity(missing)
+            ),
+        );
+        return false;
+    }
+    if let Some(sentence) = regional_endpoint(&settings) {
+        say(out, format_args!("endpoint: FAILED: {sentence}"));
+        return false;
+    }
+    let services = match build_services(&settings, deps) {
         Ok(services) => services,
         Err(err) => {
-            say(format!("FAILED to set up the clients: {err}"));
+            say(out, format_args!("FAILED to set up the clients: {err}"));
             return false;
         }
     };
     if !services.credentials.is_empty() {
-        say(format!("credentials: {}", services.credentials.join(", ")));
+        say(out, format_args!("credentials: {}", services.credentials.join(", ")));
     }
-    if let Some(file) = federated_token_file(settings) {
-        say(format!("federated token file: {}", describe_file(file)));
+    if let Some(file) = federated_token_file(&settings) {
+        say(out, format_args!("federated token file: {}", describe_file(file)));
+        if !federated_token_is_usable(file, out) {
+            return false;
+        }
     }
     if let Some(tokens) = &services.tokens {
         match tokens.token().await {
             Ok(token) => {
                 let remaining = token.expires_on - OffsetDateTime::now_utc();
                 // Facts about the token only: who issued it and when it expires, never its content.
-                say(format!(
-                    "token: ok from {} (expires {}, in {}; {} characters, not shown)",
-                    token.credential,
-                    azure_core::time::to_rfc3339(&token.expires_on.replace_nanosecond(0).unwrap_or(token.expires_on)),
-                    human(remaining),
-                    token.secret.expose_secret().len()
-                ));
+                say(
+                    out,
+                    format_args!(
+                        "token: ok from {} (expires {}, in {}; {} characters, not shown)",
+                        token.credential,
+                        azure_core::time::to_rfc3339(
+                            &token.expires_on.replace_nanosecond(0).unwrap_or(token.expires_on)
+                        ),
+                        human(remaining),
+                        token.secret.expose_secret().len()
+                    ),
+                );
+                say(
+                    out,
+                    format_args!(
+                        "token identity: {}",
+                        describe_access_token(token.secret.expose_secret(), &settings)
+                    ),
+                );
             }
             Err(err) => {
-                say(format!("token: FAILED ({}): {}", err.credential, err.message));
+                say(out, format_args!("token: FAILED ({}): {}", err.credential, err.message));
                 return false;
             }
         }
     }
+    chat(&settings, &services, options, out).await
+}
+
+/// Calls the chat model; while Azure OpenAI refuses the Entra token and `--wait` allows, again
+/// every `retry_interval`, saying how long it has waited.
+async fn chat(settings: &Settings, services: &crate::Services, options: &CheckOptions, out: &mut dyn Write) -> bool {
     let prompt = ChatPrompt {
         system: "You are a connectivity check.".to_owned(),
         user: "Reply with the single word OK.".to_owned(),
@@ -68,25 +175,200 @@ pub async fn check(settings: &Settings, deps: Dependencies, out: &mut dyn Write)
         tags: Vec::new(),
     };
     let target = chat_target(settings);
-    let ctx = CallContext::with_budget(settings.limits.description_timeout, Some("ai-service-check".to_owned()));
-    match services.chat.complete(&prompt, &facts, &ctx).await {
-        Ok(answer) => {
-            let status = if matches!(settings.backend, Backend::Offline) {
-                ""
-            } else {
-                " HTTP 2xx"
-            };
-            say(format!(
-                "chat: ok, {target} answered{status} with a completion ({} characters)",
-                answer.chars().count()
-            ));
-            true
-        }
-        Err(err) => {
-            say(format!("chat: FAILED, {target} {}", chat_failure(settings, &err)));
-            false
+    let started = tokio::time::Instant::now();
+    let mut waited = false;
+    loop {
+        let ctx = CallContext::with_budget(settings.limits.description_timeout, Some("ai-service-check".to_owned()));
+        let err = match services.chat.complete(&prompt, &facts, &ctx).await {
+            Ok(answer) => {
+                let status = if matches!(settings.backend, Backend::Offline) {
+                    ""
+                } else {
+                    " HTTP 2xx"
+                };
+                let after = if waited {
+                    format!(" after waiting {}", human_std(started.elapsed()))
+                } else {
+                    String::new()
+                };
+                say(
+                    out,
+                    format_args!(
+                        "chat: ok, {target} answered{status} with a completion ({} characters){after}",
+                        answer.chars().count()
+                    ),
+                );
+                return true;
+            }
+            Err(err) => err,
+        };
+        let remaining = options.wait.saturating_sub(started.elapsed());
+        match err {
+            UpstreamError::Unauthorized { status, entra: true } if !remaining.is_zero() => {
+                let pause = options.retry_interval.min(remaining);
+                say(
+                    out,
+                    format_args!(
+                        "chat: HTTP {status} after {} of --wait {}; the role assignment may not have reached Azure \
+                         OpenAI yet, trying again in {}",
+                        human_std(started.elapsed()),
+                        human_std(options.wait),
+                        human_std(pause)
+                    ),
+                );
+                waited = true;
+                tokio::time::sleep(pause).await;
+            }
+            err => {
+                let mut reason = chat_failure(settings, &err);
+                if matches!(err, UpstreamError::Unauthorized { entra: true, .. }) {
+                    if options.wait.is_zero() {
+                        reason = format!("{reason} {ROLE_PROPAGATION_ADVICE}");
+                    } else {
+                        reason = format!(
+                            "{reason} It was still refused after --wait {}.",
+                            human_std(options.wait)
+                        );
+                    }
+                }
+                say(out, format_args!("chat: FAILED, {target} {reason}"));
+                return false;
+            }
         }
     }
+}
+
+/// Whether a variable is set to something (an empty value means unset, as for the settings).
+fn is_set(vars: &HashMap<String, String>, name: &str) -> bool {
+    vars.get(name).is_some_and(|value| !value.trim().is_empty())
+}
+
+fn is_true(vars: &HashMap<String, String>, name: &str) -> bool {
+    vars.get(name)
+        .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"))
+}
+
+/// In a Kubernetes pod that asks for Entra auth to Azure OpenAI (and not for a managed identity),
+/// the workload identity variables the webhook should have injected but did not.
+fn missing_workload_identity(vars: &HashMap<String, String>) -> Option<MissingWorkloadIdentity> {
+    let wants_workload_identity = is_set(vars, "KUBERNETES_SERVICE_HOST")
+        && is_true(vars, "USE_AZURE_OPENAI")
+        && is_true(vars, "USE_AZURE_AD")
+        && !is_true(vars, "USE_LOCAL_LLM")
+        && !is_true(vars, "AZURE_USE_MANAGED_IDENTITY");
+    if !wants_workload_identity {
+        return None;
+    }
+    MissingWorkloadIdentity::new(
+        !is_set(vars, "AZURE_FEDERATED_TOKEN_FILE"),
+        !is_set(vars, "AZURE_CLIENT_ID"),
+        !is_set(vars, "AZURE_TENANT_ID"),
+    )
+}
+
+/// With Entra auth, the sentence for an endpoint that is regional instead of the resource's subdomain.
+fn regional_endpoint(settings: &Settings) -> Option<String> {
+    let Backend::Azure(azure) = &settings.backend else {
+        return None;
+    };
+    if !matches!(azure.auth, AzureAuth::Entra(_)) {
+        return None;
+    }
+    let image = settings
+        .image
+        .as_ref()
+        .map(|image| ("AZURE_OPENAI_IMAGE_ENDPOINT", &image.endpoint));
+    std::iter::once(("AZURE_OPENAI_ENDPOINT", &azure.endpoint))
+        .chain(image)
+        .find(|(_, endpoint)| is_regional_endpoint(endpoint))
+        .map(|(variable, endpoint)| explain_regional_endpoint(variable, endpoint))
+}
+
+/// Prints the federated token's claims and says whether Microsoft Entra ID could accept it.
+/// A file that cannot be read is left to the token exchange, which explains why.
+fn federated_token_is_usable(file: &Path, out: &mut dyn Write) -> bool {
+    let Ok(content) = std::fs::read_to_string(file) else {
+        return true;
+    };
+    let now = OffsetDateTime::now_utc();
+    let claims = AssertionClaims::from_jwt(&content);
+    if let Some(claims) = &claims {
+        say(
+            out,
+            format_args!("federated token claims: {}", describe_assertion(claims, now)),
+        );
+    }
+    match assertion_problem(file, claims.as_ref(), now) {
+        Some(problem) => {
+            say(
+                out,
+                format_args!(
+                    "federated token: FAILED: {}",
+                    explain_assertion(problem, file, claims.as_ref(), now)
+                ),
+            );
+            false
+        }
+        None => true,
+    }
+}
+
+/// `iss`, `sub`, `aud`, `exp` and `iat` of the service account token: never the token or its signature.
+fn describe_assertion(claims: &AssertionClaims, now: OffsetDateTime) -> String {
+    let unknown = || "<none>".to_owned();
+    let time = |at: OffsetDateTime| azure_core::time::to_rfc3339(&at);
+    let expires = claims.expires.map_or_else(unknown, |exp| {
+        let left = exp - now;
+        if left.is_positive() {
+            format!("{} (in {})", time(exp), human(left))
+        } else {
+            format!("{} ({} ago, expired)", time(exp), human(-left))
+        }
+    });
+    let issued = claims
+        .issued
+        .map(|iat| format!(", iat={} ({} ago)", time(iat), human(now - iat)))
+        .unwrap_or_default();
+    format!(
+        "iss={}, sub={}, aud={}, exp={expires}{issued} (decoded without verification; the token is not shown)",
+        claims.issuer.clone().unwrap_or_else(unknown),
+        claims.subject.clone().unwrap_or_else(unknown),
+        claims.audience_text(),
+    )
+}
+
+/// Whom the access token was issued to and for what, from its claims (decoded, not verified), so a
+/// node's identity or a wrong audience shows; and a note when it is not the configured identity.
+fn describe_access_token(token: &str, settings: &Settings) -> String {
+    let Some(claims) = unverified_claims(token) else {
+        return "unknown (the access token is not a JWT; not shown)".to_owned();
+    };
+    let claim = |name: &str| claim_strings(&claims, name).join(", ");
+    let app_id = [claim("appid"), claim("azp")]
+        .into_iter()
+        .find(|id| !id.is_empty())
+        .unwrap_or_default();
+    let unknown = |value: String| if value.is_empty() { "<none>".to_owned() } else { value };
+    let mut text = format!(
+        "appid={}, oid={}, tid={}, aud={} (decoded without verification; the token is not shown)",
+        unknown(app_id.clone()),
+        unknown(claim("oid")),
+        unknown(claim("tid")),
+        unknown(claim("aud")),
+    );
+    if let Backend::Azure(azure) = &settings.backend {
+        if let AzureAuth::Entra(entra) = &azure.auth {
+            if let Some(wi) = &entra.workload_identity {
+                if !app_id.is_empty() && !app_id.eq_ignore_ascii_case(&wi.client_id) {
+                    text.push_str(&format!(
+                        "; note: this is not the identity in AZURE_CLIENT_ID ({})",
+                        wi.client_id
+                    ));
+                }
+            }
+        }
+    }
+    text
 }
 
 /// The token file, when workload identity is configured.
@@ -131,11 +413,9 @@ fn chat_target(settings: &Settings) -> String {
 /// Why the chat call failed and what to check, with the HTTP status when there was one.
 fn chat_failure(settings: &Settings, err: &UpstreamError) -> String {
     match err {
-        UpstreamError::Unauthorized { status, entra: true } => format!(
-            "answered HTTP {status} to the Microsoft Entra token. Give the identity the role \
-             'Cognitive Services OpenAI User' on the Azure OpenAI resource (it can take a few minutes to apply), \
-             and check that AZURE_OPENAI_ENDPOINT is the resource's custom subdomain."
-        ),
+        UpstreamError::Unauthorized { status, entra: true } => {
+            format!("answered HTTP {status} to the Microsoft Entra token. {ENTRA_REFUSED_ADVICE}")
+        }
         UpstreamError::Unauthorized { status, entra: false } => {
             format!("answered HTTP {status} to the API key; check the configured key.")
         }

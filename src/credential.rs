@@ -28,6 +28,7 @@ use azure_identity::{
     ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions, Executor, ManagedIdentityCredential,
     ManagedIdentityCredentialOptions, UserAssignedId,
 };
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
@@ -278,6 +279,305 @@ fn io_reason(err: &std::io::Error) -> String {
         Some(at) => text[..at].to_owned(),
         None => text,
     }
+}
+
+/// The audience Microsoft Entra ID requires on a federated service account token.
+pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// The end of the path where Kubernetes mounts a pod's own service account token.
+const POD_SERVICE_ACCOUNT_TOKEN: &str = "kubernetes.io/serviceaccount/token";
+/// The restart that gives running pods a fixed pod spec or ServiceAccount.
+const RESTART: &str = "kubectl rollout restart deployment/ai-service";
+
+/// A JWT's payload, decoded without verifying anything: to show whom a token is for,
+/// never to trust it. `None` when `token` is not a JWT. The token itself is not kept.
+pub fn unverified_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let mut parts = token.trim().split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        serde_json::Value::Object(claims) => Some(claims),
+        _ => None,
+    }
+}
+
+/// A string claim, or each string of an array claim (`aud` may be either).
+pub fn claim_strings(claims: &serde_json::Map<String, serde_json::Value>, name: &str) -> Vec<String> {
+    match claims.get(name) {
+        Some(serde_json::Value::String(one)) => vec![one.clone()],
+        Some(serde_json::Value::Array(many)) => many.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn claim_time(claims: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<OffsetDateTime> {
+    let seconds = claims.get(name)?.as_f64()?;
+    OffsetDateTime::from_unix_timestamp(seconds as i64).ok()
+}
+
+/// What Microsoft Entra ID compares with a federated credential, read from the
+/// service account token: its issuer, subject, audiences and validity. Never the token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AssertionClaims {
+    /// `iss`: the cluster's OIDC issuer URL.
+    pub issuer: Option<String>,
+    /// `sub`: `system:serviceaccount:<namespace>:<name>`.
+    pub subject: Option<String>,
+    /// `aud`: must hold [`TOKEN_EXCHANGE_AUDIENCE`].
+    pub audiences: Vec<String>,
+    /// `exp`.
+    pub expires: Option<OffsetDateTime>,
+    /// `iat`.
+    pub issued: Option<OffsetDateTime>,
+}
+
+impl AssertionClaims {
+    /// The claims of a JWT, decoded without verification; `None` when it is not a JWT.
+    pub fn from_jwt(token: &str) -> Option<Self> {
+        let claims = unverified_claims(token)?;
+        Some(Self {
+            issuer: claim_strings(&claims, "iss").into_iter().next(),
+            subject: claim_strings(&claims, "sub").into_iter().next(),
+            audiences: claim_strings(&claims, "aud"),
+            expires: claim_time(&claims, "exp"),
+            issued: claim_time(&claims, "iat"),
+        })
+    }
+
+    /// The claims of the token in `path`, when it can be read and is a JWT.
+    pub fn read(path: &Path) -> Option<Self> {
+        Self::from_jwt(&std::fs::read_to_string(path).ok()?)
+    }
+
+    /// The audiences as written in a sentence.
+    pub fn audience_text(&self) -> String {
+        if self.audiences.is_empty() {
+            "none".to_owned()
+        } else {
+            self.audiences.join(", ")
+        }
+    }
+
+    /// Whether the audience is one a Kubernetes API server accepts (a pod's own token), not Entra's.
+    fn is_for_the_api_server(&self) -> bool {
+        self.audiences.iter().any(|aud| {
+            aud.contains("kubernetes.default.svc")
+                || aud.trim_matches('"').ends_with(".azmk8s.io")
+                || self.issuer.as_deref() == Some(aud.as_str())
+        })
+    }
+}
+
+/// Why a federated token file would be refused, found before asking Microsoft Entra ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionProblem {
+    /// The file does not hold a JWT at all.
+    NotAJwt,
+    /// It is the pod's own service account token, meant for the API server.
+    PodServiceAccountToken,
+    /// Its audience is not [`TOKEN_EXCHANGE_AUDIENCE`].
+    WrongAudience,
+    /// It has expired.
+    Expired,
+}
+
+/// What is wrong with the token in `token_file` (with `claims`, `None` when it is not a JWT), if anything.
+pub fn assertion_problem(
+    token_file: &Path,
+    claims: Option<&AssertionClaims>,
+    now: OffsetDateTime,
+) -> Option<AssertionProblem> {
+    let pod_token_path = token_file.to_string_lossy().ends_with(POD_SERVICE_ACCOUNT_TOKEN);
+    let Some(claims) = claims else {
+        return Some(if pod_token_path {
+            AssertionProblem::PodServiceAccountToken
+        } else {
+            AssertionProblem::NotAJwt
+        });
+    };
+    let exchange = claims.audiences.iter().any(|aud| aud == TOKEN_EXCHANGE_AUDIENCE);
+    if pod_token_path || (!exchange && claims.is_for_the_api_server()) {
+        Some(AssertionProblem::PodServiceAccountToken)
+    } else if !exchange {
+        Some(AssertionProblem::WrongAudience)
+    } else if claims.expires.is_some_and(|exp| exp <= now) {
+        Some(AssertionProblem::Expired)
+    } else {
+        None
+    }
+}
+
+/// The sentence for a federated token that Microsoft Entra ID refuses or would refuse.
+pub fn explain_assertion(
+    problem: AssertionProblem,
+    token_file: &Path,
+    claims: Option<&AssertionClaims>,
+    now: OffsetDateTime,
+) -> String {
+    let file = token_file.display();
+    let audience = claims.map_or_else(|| "unknown".to_owned(), AssertionClaims::audience_text);
+    match problem {
+        AssertionProblem::NotAJwt => format!(
+            "Workload identity: {file} (AZURE_FEDERATED_TOKEN_FILE) does not hold a JSON Web Token, so Microsoft \
+             Entra ID would refuse it. Let the workload identity webhook set AZURE_FEDERATED_TOKEN_FILE (remove it \
+             from the manifest): it names the service account token it projects."
+        ),
+        AssertionProblem::PodServiceAccountToken => format!(
+            "Workload identity: AZURE_FEDERATED_TOKEN_FILE names {file}, the pod's own service account token \
+             (audience {audience}, the Kubernetes API server), which Microsoft Entra ID refuses (AADSTS70023). \
+             Let the workload identity webhook set AZURE_FEDERATED_TOKEN_FILE (remove it from the manifest): it \
+             names the token it projects with the audience {TOKEN_EXCHANGE_AUDIENCE}."
+        ),
+        AssertionProblem::WrongAudience => format!(
+            "Workload identity: the service account token in {file} has the audience {audience}, not \
+             {TOKEN_EXCHANGE_AUDIENCE}, so Microsoft Entra ID would refuse it. The workload identity webhook \
+             projects the token with that audience; a projected volume made by hand must set \
+             `audience: {TOKEN_EXCHANGE_AUDIENCE}` on its serviceAccountToken source."
+        ),
+        AssertionProblem::Expired => {
+            let when = match claims.and_then(|c| c.expires) {
+                Some(exp) if exp <= now => format!(
+                    "it expired at {} ({} ago)",
+                    azure_core::time::to_rfc3339(&exp),
+                    minutes(now - exp)
+                ),
+                _ => "it has expired or is not yet valid".to_owned(),
+            };
+            format!(
+                "Workload identity: the service account token in {file} is outside its valid time range ({when}), \
+                 so Microsoft Entra ID refuses it (AADSTS700024): the kubelet stopped rotating it, or \
+                 AZURE_FEDERATED_TOKEN_FILE names the wrong file. Let the webhook set AZURE_FEDERATED_TOKEN_FILE to \
+                 the token it projects (the kubelet renews that one well before it expires), check the node's clock, \
+                 and restart the pod: {RESTART}."
+            )
+        }
+    }
+}
+
+fn minutes(duration: time::Duration) -> String {
+    match duration.whole_minutes() {
+        0 => format!("{} s", duration.whole_seconds().max(0)),
+        m => format!("{m} min"),
+    }
+}
+
+/// The sentence for Microsoft Entra ID finding no federated credential of `client_id` that matches
+/// the token (`AADSTS{code}`), with the `az` command that would create one from the token's claims.
+pub fn explain_no_federated_credential(code: &str, client_id: &str, claims: Option<&AssertionClaims>) -> String {
+    let differs = match code {
+        "700211" => ": the issuer differs",
+        "700212" => ": the audience differs",
+        "700213" => ": the subject differs",
+        _ => "",
+    };
+    let issuer = claims.and_then(|c| c.issuer.clone());
+    let subject = claims.and_then(|c| c.subject.clone());
+    let presented = match (&issuer, &subject) {
+        (Some(iss), Some(sub)) => format!(", and this token has issuer {iss} and subject {sub}"),
+        (Some(iss), None) => format!(", and this token has issuer {iss} and no subject"),
+        (None, Some(sub)) => format!(", and this token has subject {sub} and no issuer"),
+        (None, None) => String::new(),
+    };
+    let issuer = issuer.unwrap_or_else(|| {
+        "\"$(az aks show --name <cluster> --resource-group <cluster resource group> --query \
+         oidcIssuerProfile.issuerUrl -o tsv)\""
+            .to_owned()
+    });
+    let subject = subject.unwrap_or_else(|| "system:serviceaccount:<namespace>:<service account>".to_owned());
+    format!(
+        "Workload identity: no federated credential of identity {client_id} matches this pod's service account \
+         token (AADSTS{code}{differs}): a federated credential's issuer must be the cluster's OIDC issuer URL, its \
+         subject system:serviceaccount:<namespace>:<service account> and its audience {TOKEN_EXCHANGE_AUDIENCE}\
+         {presented}. Create the one that matches on the managed identity whose clientId is {client_id}: \
+         az identity federated-credential create --name <name> --identity-name <identity> --resource-group \
+         <identity resource group> --issuer {issuer} --subject {subject} --audience {TOKEN_EXCHANGE_AUDIENCE}"
+    )
+}
+
+/// Which workload identity variables a pod lacks, when it should have them (USE_AZURE_AD=True in Kubernetes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MissingWorkloadIdentity {
+    /// `AZURE_FEDERATED_TOKEN_FILE` is unset: the webhook did not mutate the pod.
+    pub token_file: bool,
+    /// `AZURE_CLIENT_ID` is unset: nothing gave the identity's client id.
+    pub client_id: bool,
+    /// `AZURE_TENANT_ID` is unset.
+    pub tenant_id: bool,
+}
+
+impl MissingWorkloadIdentity {
+    /// `None` when nothing is missing.
+    pub fn new(token_file: bool, client_id: bool, tenant_id: bool) -> Option<Self> {
+        (token_file || client_id || tenant_id).then_some(Self {
+            token_file,
+            client_id,
+            tenant_id,
+        })
+    }
+}
+
+/// The sentence for a pod without the workload identity variables: which of the pod label and the
+/// ServiceAccount annotation to check, from which variables are missing, and the restart it needs.
+pub fn explain_missing_workload_identity(missing: MissingWorkloadIdentity) -> String {
+    let names: Vec<&str> = [
+        (missing.token_file, "AZURE_FEDERATED_TOKEN_FILE"),
+        (missing.client_id, "AZURE_CLIENT_ID"),
+        (missing.tenant_id, "AZURE_TENANT_ID"),
+    ]
+    .into_iter()
+    .filter_map(|(absent, name)| absent.then_some(name))
+    .collect();
+    let names = match names.as_slice() {
+        [one] => (*one).to_owned(),
+        [first, second] => format!("{first} or {second}"),
+        _ => names.join(", "),
+    };
+    let label = "the label azure.workload.identity/use: \"true\" on the Deployment's pod template \
+                 (spec.template.metadata.labels, not only the Deployment's own labels)";
+    let annotation = "the annotation azure.workload.identity/client-id: <the managed identity's clientId> on the \
+                      pod's ServiceAccount";
+    let restart = format!("pods created before the fix keep their old spec, so restart them: {RESTART}");
+    match (missing.token_file, missing.client_id) {
+        // The webhook did not run; AZURE_CLIENT_ID set by hand makes the annotation unnecessary.
+        (true, false) => format!(
+            "Workload identity: this pod runs in Kubernetes with USE_AZURE_AD=True but has no {names}: the workload \
+             identity webhook did not mutate it. Check {label}; {restart}."
+        ),
+        // The webhook ran (it set the token file) but found no client id on the ServiceAccount.
+        (false, true) => format!(
+            "Workload identity: the workload identity webhook mutated this pod but set no {names}: its ServiceAccount \
+             lacks the annotation. Check {annotation}; {restart}."
+        ),
+        // Nothing came from the webhook: the label is missing, and the annotation cannot be told from here.
+        (true, true) => format!(
+            "Workload identity: this pod runs in Kubernetes with USE_AZURE_AD=True but has no {names}: the workload \
+             identity webhook did not mutate it. Check both {label} and {annotation}; {restart}."
+        ),
+        (false, false) => format!(
+            "Workload identity: the workload identity webhook mutated this pod but set no {names}: the cluster's \
+             webhook has no tenant configured. Check the annotation azure.workload.identity/tenant-id on the pod's \
+             ServiceAccount; {restart}."
+        ),
+    }
+}
+
+/// Whether `endpoint` is a regional Cognitive Services endpoint rather than a resource's custom subdomain.
+pub fn is_regional_endpoint(endpoint: &url::Url) -> bool {
+    endpoint
+        .host_str()
+        .is_some_and(|host| host.to_ascii_lowercase().ends_with(".api.cognitive.microsoft.com"))
+}
+
+/// The sentence for a regional endpoint (`variable` is its setting) used with Microsoft Entra auth.
+pub fn explain_regional_endpoint(variable: &str, endpoint: &url::Url) -> String {
+    format!(
+        "{variable} is {endpoint}, a regional endpoint, and Microsoft Entra authentication works only with the \
+         resource's custom subdomain. Set {variable} to the resource's own endpoint, \
+         https://<resource name>.openai.azure.com/ (az cognitiveservices account show --name <resource name> \
+         --resource-group <resource group> --query properties.endpoint -o tsv)."
+    )
 }
 
 /// A token in the cache, with the two instants that drive its refresh.
@@ -568,8 +868,9 @@ fn timed_out(credential: &'static str, hints: &Hints, timeout: Duration) -> Stri
 
 /// A sentence for a person: which credential failed, why, and what to check.
 ///
-/// Built only from our own words, the settings and Microsoft Entra ID's error codes:
-/// never from a token, an assertion or a tool's raw output.
+/// Built only from our own words, the settings, Microsoft Entra ID's error codes and the
+/// service account token's issuer, subject, audience and expiry: never from a token, an
+/// assertion, a signature or a tool's raw output.
 fn explain(credential: &'static str, hints: &Hints, scope: &str, err: &azure_core::Error) -> String {
     let text = chain_text(err);
     let has = |needle: &str| text.contains(needle);
@@ -625,12 +926,10 @@ fn explain(credential: &'static str, hints: &Hints, scope: &str, err: &azure_cor
 fn explain_workload_identity(hints: &Hints, scope: &str, err: &azure_core::Error, text: &str) -> String {
     let client_id = hints.client_id.as_deref().unwrap_or("<unset>");
     let tenant_id = hints.tenant_id.as_deref().unwrap_or("<unset>");
-    let token_file = hints
-        .token_file
-        .as_deref()
-        .map(Path::display)
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    let token_file = hints.token_file.clone().unwrap_or_default();
+    // Re-read for its issuer, subject, audience and expiry (not secret) only when a sentence needs them.
+    let claims = || AssertionClaims::read(&token_file);
+    let now = OffsetDateTime::now_utc();
     let authority = hints.authority.as_deref().unwrap_or("Microsoft Entra ID");
     let webhook = "Check that the pod has the label azure.workload.identity/use: \"true\" and runs with the \
                    ServiceAccount annotated azure.workload.identity/client-id, so the webhook mounts the token.";
@@ -665,21 +964,18 @@ fn explain_workload_identity(hints: &Hints, scope: &str, err: &azure_core::Error
              (AADSTS700016). Check AZURE_CLIENT_ID: the ServiceAccount annotation azure.workload.identity/client-id \
              must hold the managed identity's clientId, and AZURE_TENANT_ID its tenant."
         )
-    } else if code("70021") || code("700213") {
-        // 700213 is the same mismatch, reported for the subject.
-        let number = if code("70021") { "70021" } else { "700213" };
-        format!(
-            "Workload identity: no federated credential of identity {client_id} matches this pod's service account \
-             token (AADSTS{number}). Check the federated credential: its issuer must be the cluster's OIDC issuer URL \
-             (az aks show --query oidcIssuerProfile.issuerUrl), its subject \
-             system:serviceaccount:<namespace>:<service account>, and its audience api://AzureADTokenExchange."
+    } else if let Some(number) = ["70021", "700211", "700212", "700213"].into_iter().find(|n| code(n)) {
+        // 700211, 700212 and 700213 are the same mismatch, reported for the issuer, audience or subject.
+        explain_no_federated_credential(number, client_id, claims().as_ref())
+    } else if code("70023") {
+        explain_assertion(
+            AssertionProblem::PodServiceAccountToken,
+            &token_file,
+            claims().as_ref(),
+            now,
         )
     } else if code("700024") {
-        format!(
-            "Workload identity: the service account token in {token_file} is outside its valid time range \
-             (AADSTS700024): it has expired or is not yet valid. The kubelet rotates it about hourly; check that \
-             the projected token volume is mounted and refreshed, and that the node's clock is right."
-        )
+        explain_assertion(AssertionProblem::Expired, &token_file, claims().as_ref(), now)
     } else if code("90002") || code("900023") {
         format!("Workload identity: tenant {tenant_id} was not found (AZURE_TENANT_ID). Check the tenant id.")
     } else if let Some((status, _)) = answer {
@@ -794,6 +1090,118 @@ mod tests {
         let cached = Cached::new(token, started, received);
         assert_eq!(cached.refresh_at, started + time::Duration::milliseconds(1500));
         assert_eq!(cached.usable_until, started + time::Duration::milliseconds(1750));
+    }
+
+    fn jwt(payload: &str) -> String {
+        format!("eyJhbGciOiJSUzI1NiJ9.{}.c2ln", URL_SAFE_NO_PAD.encode(payload))
+    }
+
+    #[test]
+    fn claims_are_decoded_from_the_payload_only() {
+        let token = jwt(
+            r#"{"iss":"https://oidc/","sub":"system:serviceaccount:a:b","aud":"api://AzureADTokenExchange","exp":1700000000.5}"#,
+        );
+        let claims = AssertionClaims::from_jwt(&token).unwrap();
+        assert_eq!(claims.issuer.as_deref(), Some("https://oidc/"));
+        assert_eq!(claims.subject.as_deref(), Some("system:serviceaccount:a:b"));
+        assert_eq!(claims.audiences, [TOKEN_EXCHANGE_AUDIENCE]);
+        assert_eq!(claims.expires.unwrap().unix_timestamp(), 1_700_000_000);
+        assert_eq!(claims.issued, None);
+        // Padding, a trailing newline (as in a mounted file) and an array audience are accepted.
+        let padded = format!("e30.{}=.c2ln\n", URL_SAFE_NO_PAD.encode(r#"{"aud":["a","b"]}"#));
+        assert_eq!(AssertionClaims::from_jwt(&padded).unwrap().audience_text(), "a, b");
+    }
+
+    #[test]
+    fn what_is_not_a_jwt_has_no_claims() {
+        for token in [
+            "",
+            "abc",
+            "a.b",
+            "a.b.c.d",
+            "e30.!!!.c2ln",
+            &jwt("[1]"),
+            &jwt("not json"),
+        ] {
+            assert_eq!(unverified_claims(token), None, "{token}");
+        }
+    }
+
+    #[test]
+    fn assertion_problems_are_found_in_order() {
+        let now = OffsetDateTime::now_utc();
+        let file = Path::new("/var/run/secrets/azure/tokens/azure-identity-token");
+        let good = AssertionClaims {
+            issuer: Some("https://oidc/".to_owned()),
+            audiences: vec![TOKEN_EXCHANGE_AUDIENCE.to_owned()],
+            expires: Some(now + time::Duration::hours(1)),
+            ..Default::default()
+        };
+        assert_eq!(assertion_problem(file, Some(&good), now), None);
+        let expired = AssertionClaims {
+            expires: Some(now - time::Duration::seconds(1)),
+            ..good.clone()
+        };
+        assert_eq!(
+            assertion_problem(file, Some(&expired), now),
+            Some(AssertionProblem::Expired)
+        );
+        let other = AssertionClaims {
+            audiences: vec!["https://example.com".to_owned()],
+            ..expired.clone()
+        };
+        assert_eq!(
+            assertion_problem(file, Some(&other), now),
+            Some(AssertionProblem::WrongAudience)
+        );
+        let api_server = AssertionClaims {
+            audiences: vec!["https://kubernetes.default.svc.cluster.local".to_owned()],
+            ..good.clone()
+        };
+        assert_eq!(
+            assertion_problem(file, Some(&api_server), now),
+            Some(AssertionProblem::PodServiceAccountToken)
+        );
+        let pod_token = Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token");
+        assert_eq!(
+            assertion_problem(pod_token, Some(&good), now),
+            Some(AssertionProblem::PodServiceAccountToken)
+        );
+        assert_eq!(assertion_problem(file, None, now), Some(AssertionProblem::NotAJwt));
+    }
+
+    #[test]
+    fn missing_variables_name_the_label_the_annotation_or_both() {
+        let label = "azure.workload.identity/use";
+        let annotation = "azure.workload.identity/client-id";
+        let says = |file, client| {
+            explain_missing_workload_identity(MissingWorkloadIdentity::new(file, client, false).unwrap())
+        };
+        let label_only = says(true, false);
+        assert!(
+            label_only.contains(label) && !label_only.contains(annotation),
+            "{label_only}"
+        );
+        let annotation_only = says(false, true);
+        assert!(
+            !annotation_only.contains(label) && annotation_only.contains(annotation),
+            "{annotation_only}"
+        );
+        let both = says(true, true);
+        assert!(both.contains(label) && both.contains(annotation), "{both}");
+        for sentence in [label_only, annotation_only, both] {
+            assert!(sentence.contains(RESTART), "{sentence}");
+        }
+        assert_eq!(MissingWorkloadIdentity::new(false, false, false), None);
+    }
+
+    #[test]
+    fn only_regional_cognitive_services_hosts_are_regional() {
+        let regional = |url: &str| is_regional_endpoint(&url::Url::parse(url).unwrap());
+        assert!(regional("https://eastus.api.cognitive.microsoft.com/"));
+        assert!(regional("https://EastUS2.API.Cognitive.Microsoft.com"));
+        assert!(!regional("https://myaoai.openai.azure.com/"));
+        assert!(!regional("https://myaoai.cognitiveservices.azure.com/"));
     }
 
     #[test]

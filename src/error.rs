@@ -127,6 +127,16 @@ impl AppError {
     }
 }
 
+/// What to do when Azure OpenAI answers 401 or 403 to a Microsoft Entra token: the API's
+/// answer and `ai-service check` both say it.
+pub const ENTRA_REFUSED_ADVICE: &str = "Give the identity the role 'Cognitive Services OpenAI User' on the \
+     Azure OpenAI resource (it can take a few minutes to apply), and check that AZURE_OPENAI_ENDPOINT is the \
+     resource's custom subdomain.";
+
+/// What `ai-service check` adds to [`ENTRA_REFUSED_ADVICE`] when it did not wait for a role assignment.
+pub const ROLE_PROPAGATION_ADVICE: &str = "A new role assignment takes up to several minutes to reach Azure \
+     OpenAI: `ai-service check --wait 600` retries until it does.";
+
 fn prefix(operation: Operation) -> &'static str {
     match operation {
         Operation::Description => "Error generating description: ",
@@ -180,11 +190,7 @@ fn upstream(operation: Operation, error: &UpstreamError) -> (StatusCode, Value, 
         },
         UpstreamError::Unauthorized { status, entra: true } => (
             StatusCode::BAD_GATEWAY,
-            format!(
-                "{p}Azure OpenAI refused the Microsoft Entra token ({status}). Give the identity the role \
-                 'Cognitive Services OpenAI User' on the Azure OpenAI resource (it can take a few minutes to apply), \
-                 and check that AZURE_OPENAI_ENDPOINT is the resource's custom subdomain."
-            ),
+            format!("{p}Azure OpenAI refused the Microsoft Entra token ({status}). {ENTRA_REFUSED_ADVICE}"),
             None,
         ),
         UpstreamError::Unauthorized { status, entra: false } => (

@@ -11,7 +11,10 @@ const USAGE: &str = "\
 usage: ai-service [COMMAND]
 
   serve        run the HTTP service (the default); configured by environment variables, see README.md
-  check        validate the configuration, get one token, call the chat model once, and report
+  check [--wait SECONDS]
+               validate the configuration and the workload identity setup, get one token, call the
+               chat model once, and report; --wait retries the call for up to SECONDS while Azure
+               OpenAI refuses the token (a new role assignment takes minutes to reach it)
   healthcheck  exit 0 when the local service answers GET /health (the image's HEALTHCHECK)
   openapi      print the OpenAPI document as YAML
   --version    print the version
@@ -23,7 +26,10 @@ async fn main() -> ExitCode {
     let _ = dotenvy::from_path(".env");
     match std::env::args().nth(1).as_deref() {
         None | Some("serve") => run().await,
-        Some("check") => check().await,
+        Some("check") => match commands::CheckOptions::from_args(std::env::args().skip(2)) {
+            Ok(options) => check(&options).await,
+            Err(reason) => usage_error(&reason),
+        },
         Some("healthcheck") => healthcheck().await,
         Some("openapi") => {
             let yaml = ai_service::routes::openapi().to_yaml().unwrap_or_default();
@@ -33,11 +39,13 @@ async fn main() -> ExitCode {
             exit(writeln!(std::io::stdout(), "ai-service {}", env!("CARGO_PKG_VERSION")).is_ok())
         }
         Some("-h" | "--help") => exit(std::io::stdout().write_all(USAGE.as_bytes()).is_ok()),
-        Some(other) => {
-            let _ = write!(std::io::stderr(), "unknown command `{other}`\n\n{USAGE}");
-            ExitCode::from(2)
-        }
+        Some(other) => usage_error(&format!("unknown command `{other}`")),
     }
+}
+
+fn usage_error(reason: &str) -> ExitCode {
+    let _ = write!(std::io::stderr(), "{reason}\n\n{USAGE}");
+    ExitCode::from(2)
 }
 
 fn exit(ok: bool) -> ExitCode {
@@ -112,16 +120,9 @@ async fn run() -> ExitCode {
     }
 }
 
-async fn check() -> ExitCode {
-    let mut out = std::io::stdout();
-    let settings = match Settings::from_env() {
-        Ok(settings) => settings,
-        Err(err) => {
-            let _ = writeln!(out, "configuration: FAILED: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    exit(commands::check(&settings, Dependencies::default(), &mut out).await)
+async fn check(options: &commands::CheckOptions) -> ExitCode {
+    let vars = std::env::vars().collect();
+    exit(commands::check(vars, Dependencies::default(), options, &mut std::io::stdout()).await)
 }
 
 async fn healthcheck() -> ExitCode {

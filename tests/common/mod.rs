@@ -583,3 +583,19 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A JWT with `claims` and a made-up signature: what a projected service account token or an
+/// Entra access token looks like to a client that decodes it without verifying. Returns the
+/// token and its signature part, which tests assert is never printed.
+pub fn unsigned_jwt(claims: &Value) -> (String, String) {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"test-key","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signature = URL_SAFE_NO_PAD.encode(format!("test-signature-{}", fastrand::u64(..)));
+    (format!("{header}.{payload}.{signature}"), signature)
+}
+
+/// Seconds since the Unix epoch, `offset` seconds from now: for `exp` and `iat` claims.
+pub fn unix_time(offset: i64) -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp() + offset
+}
