@@ -524,7 +524,10 @@ fn backend(raw: &RawEnv, warnings: &mut Vec<String>) -> Result<Backend, ConfigEr
 fn entra(raw: &RawEnv) -> Result<EntraSettings, ConfigError> {
     let workload_identity = match &raw.azure_federated_token_file {
         Some(file) => {
-            let why = "with AZURE_FEDERATED_TOKEN_FILE (workload identity); check the pod carries the label azure.workload.identity/use: \"true\"";
+            // The webhook injected the token file, so the pod label is right: a missing client id
+            // means the ServiceAccount's annotation is missing or empty.
+            let why = "with AZURE_FEDERATED_TOKEN_FILE (workload identity); check the ServiceAccount's annotation \
+                       azure.workload.identity/client-id, then restart the pod";
             let authority = raw.azure_authority_host.as_deref().unwrap_or(DEFAULT_AUTHORITY_HOST);
             let mut authority_host = parse_url(authority, "AZURE_AUTHORITY_HOST")?;
             if authority_host.scheme() != "https" {
