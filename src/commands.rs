@@ -274,12 +274,12 @@ fn regional_endpoint(settings: &Settings) -> Option<String> {
     if !matches!(azure.auth, AzureAuth::Entra(_)) {
         return None;
     }
+    let chat = azure.chat.iter().map(|d| ("AZURE_OPENAI_ENDPOINT", &d.endpoint));
     let image = settings
         .image
-        .as_ref()
-        .map(|image| ("AZURE_OPENAI_IMAGE_ENDPOINT", &image.endpoint));
-    std::iter::once(("AZURE_OPENAI_ENDPOINT", &azure.endpoint))
-        .chain(image)
+        .iter()
+        .map(|d| ("AZURE_OPENAI_IMAGE_ENDPOINT", &d.endpoint));
+    chat.chain(image)
         .find(|(_, endpoint)| is_regional_endpoint(endpoint))
         .map(|(variable, endpoint)| explain_regional_endpoint(variable, endpoint))
 }
@@ -403,7 +403,11 @@ fn describe_file(path: &Path) -> String {
 /// What the chat call goes to, for the output.
 fn chat_target(settings: &Settings) -> String {
     match &settings.backend {
-        Backend::Azure(azure) => format!("Azure OpenAI deployment `{}` at {}", azure.deployment, azure.endpoint),
+        Backend::Azure(azure) => format!(
+            "Azure OpenAI deployment `{}` at {}",
+            azure.primary().deployment,
+            azure.primary().endpoint
+        ),
         Backend::Local { endpoint, .. } => format!("the local model server at {endpoint}"),
         Backend::OpenAi { base_url, .. } => format!("the OpenAI API at {base_url}"),
         Backend::Offline => "the built-in offline generator (no model configured)".to_owned(),
@@ -427,6 +431,7 @@ fn chat_failure(settings: &Settings, err: &UpstreamError) -> String {
              deployment is throttling; try again later or raise its quota."
             .to_owned(),
         UpstreamError::Status { status } => format!("answered HTTP {status}; try again later."),
+        UpstreamError::CircuitOpen { .. } => "failed repeatedly; its circuit is open, try again later.".to_owned(),
         UpstreamError::BadRequest { code, message } if message.is_empty() => format!("answered HTTP 400 ({code})."),
         UpstreamError::BadRequest { code, message } => format!("answered HTTP 400 ({code}): {message}"),
         UpstreamError::UnsupportedTemperature => {

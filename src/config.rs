@@ -7,7 +7,13 @@
 //! is an error that names the missing variable; no configuration at all selects
 //! the embedded offline generator.
 
-use std::{collections::HashMap, fmt, net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -60,10 +66,13 @@ pub struct Settings {
     pub app_version: String,
     /// Which model answers description requests.
     pub backend: Backend,
-    /// Image generation on Azure OpenAI, when an image deployment is configured.
-    pub image: Option<ImageSettings>,
+    /// The image pool on Azure OpenAI (the drop-in image variables' deployment, then the
+    /// file's `[[image]]` entries); empty when no image deployment is configured.
+    pub image: Vec<DeploymentSettings>,
+    /// Failover, cooldown and circuit rules of the pools.
+    pub routing: Routing,
     /// Sampling temperature sent upstream (`TEMPERATURE`, default 1.0).
-    pub temperature: f32,
+    pub temperature: f64,
     /// Deadlines, retries and limits.
     pub limits: Limits,
     /// Warnings found while parsing, logged once telemetry is up.
@@ -107,24 +116,105 @@ impl Backend {
     }
 }
 
-/// An Azure OpenAI resource and how to authenticate to it.
+/// Azure OpenAI: the chat pool and how every deployment in it is authenticated.
 #[derive(Debug, Clone)]
 pub struct AzureSettings {
+    /// Chat deployments in order of preference: the drop-in variables' deployment first,
+    /// then the `[[chat]]` entries of `AI_SERVICE_CONFIG`. Never empty.
+    pub chat: Vec<DeploymentSettings>,
+    /// Key or Entra token, for every deployment of both pools.
+    pub auth: AzureAuth,
+}
+
+impl AzureSettings {
+    /// The first (preferred) chat deployment.
+    pub fn primary(&self) -> &DeploymentSettings {
+        &self.chat[0]
+    }
+}
+
+/// One Azure OpenAI deployment of a pool.
+#[derive(Debug, Clone)]
+pub struct DeploymentSettings {
     /// Resource endpoint, e.g. `https://myaoai.openai.azure.com/`.
     pub endpoint: Url,
-    /// Chat deployment name.
+    /// Deployment name.
     pub deployment: String,
-    /// `api-version` query parameter.
-    pub api_version: String,
-    /// Key or Entra token.
-    pub auth: AzureAuth,
+    /// Which API shape to call.
+    pub api_version: ApiVersion,
+    /// This resource's own key (from the variable its entry's `api_key_env` names), in key mode.
+    pub api_key: Option<SecretString>,
+}
+
+impl DeploymentSettings {
+    /// `host:port` of the endpoint, for metric labels and logs.
+    pub fn endpoint_label(&self) -> String {
+        let host = self.endpoint.host_str().unwrap_or("unknown");
+        match self.endpoint.port_or_known_default() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        }
+    }
+}
+
+/// The Azure OpenAI API a deployment is called with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiVersion {
+    /// `openai/v1/...` with the deployment in the body's `model` and no `api-version`.
+    V1,
+    /// `openai/deployments/{deployment}/...?api-version=<this>`.
+    Dated(String),
+}
+
+impl ApiVersion {
+    fn parse(value: &str) -> Self {
+        if value.eq_ignore_ascii_case("v1") {
+            ApiVersion::V1
+        } else {
+            ApiVersion::Dated(value.to_owned())
+        }
+    }
+}
+
+impl fmt::Display for ApiVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiVersion::V1 => f.write_str("v1"),
+            ApiVersion::Dated(version) => f.write_str(version),
+        }
+    }
+}
+
+/// How a pool treats a failing deployment (contract, "Model routing").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routing {
+    /// Consecutive failures (5xx, connection, attempt timeout) that open a deployment's circuit.
+    pub circuit_failures: u32,
+    /// How long an open circuit keeps requests away before one trial request.
+    pub circuit_open: Duration,
+    /// How long a deployment that answered 401, 403 or 404 is set aside (pools of two or more).
+    pub set_aside: Duration,
+    /// How long a 429 without `retry-after-ms`/`retry-after` cools a deployment.
+    pub default_cooldown: Duration,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Self {
+            circuit_failures: 3,
+            circuit_open: Duration::from_secs(30),
+            set_aside: Duration::from_secs(5 * 60),
+            default_cooldown: Duration::from_secs(10),
+        }
+    }
 }
 
 /// How requests to Azure OpenAI are authenticated.
 #[derive(Debug, Clone)]
 pub enum AzureAuth {
-    /// `api-key` header.
-    ApiKey(SecretString),
+    /// `api-key` header: this key, unless the deployment has its own (`api_key_env`).
+    /// `None` when every deployment has its own.
+    ApiKey(Option<SecretString>),
     /// `Authorization: Bearer` with a Microsoft Entra token.
     Entra(Box<EntraSettings>),
 }
@@ -157,17 +247,6 @@ pub struct WorkloadIdentitySettings {
     pub authority_host: Url,
 }
 
-/// Image generation on an Azure OpenAI deployment.
-#[derive(Debug, Clone)]
-pub struct ImageSettings {
-    /// Endpoint (`AZURE_OPENAI_IMAGE_ENDPOINT`, default the chat endpoint).
-    pub endpoint: Url,
-    /// Image deployment name.
-    pub deployment: String,
-    /// `api-version` for image requests.
-    pub api_version: String,
-}
-
 /// Deadlines, retries and resource limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -175,6 +254,10 @@ pub struct Limits {
     pub description_timeout: Duration,
     /// Total budget of an image request; below the UI's 240 s.
     pub image_timeout: Duration,
+    /// Longest one description attempt may take before the next deployment is tried.
+    pub description_attempt_timeout: Duration,
+    /// Longest one image attempt may take before the next deployment is tried.
+    pub image_attempt_timeout: Duration,
     /// TCP+TLS connect timeout to an upstream.
     pub connect_timeout: Duration,
     /// Retries of a throttled or failed upstream call (after the first attempt).
@@ -194,6 +277,10 @@ impl Default for Limits {
         Self {
             description_timeout: Duration::from_secs(40),
             image_timeout: Duration::from_secs(230),
+            // Half the budget, so a hung deployment leaves time for another attempt (a
+            // gpt-5-mini description takes a few seconds, a gpt-image-1 picture up to a minute).
+            description_attempt_timeout: Duration::from_secs(20),
+            image_attempt_timeout: Duration::from_secs(115),
             connect_timeout: Duration::from_secs(5),
             max_retries: 3,
             max_body_bytes: 64 * 1024,
@@ -208,9 +295,20 @@ impl Default for Limits {
     }
 }
 
-/// The raw variables, all strings: `config` lower-cases the names.
+/// The raw settings: the variables (all strings, since the contract's rules for empty
+/// values and booleans differ from `config`'s), merged over the optional TOML file, whose
+/// pools and routing table are typed. `config` lower-cases the variables' names.
 #[derive(Debug, Default, Deserialize)]
 struct RawEnv {
+    /// `[[chat]]` entries of the file.
+    #[serde(default)]
+    chat: Vec<RawDeployment>,
+    /// `[[image]]` entries of the file.
+    #[serde(default)]
+    image: Vec<RawDeployment>,
+    /// `[routing]` of the file.
+    #[serde(default)]
+    routing: RawRouting,
     host: Option<String>,
     port: Option<String>,
     log_format: Option<String>,
@@ -243,6 +341,8 @@ struct RawEnv {
     azure_use_managed_identity: Option<String>,
     description_timeout_seconds: Option<String>,
     image_timeout_seconds: Option<String>,
+    description_attempt_timeout_seconds: Option<String>,
+    image_attempt_timeout_seconds: Option<String>,
     upstream_connect_timeout_seconds: Option<String>,
     upstream_max_retries: Option<String>,
     max_body_bytes: Option<String>,
@@ -251,31 +351,69 @@ struct RawEnv {
     shutdown_grace_seconds: Option<String>,
 }
 
+/// One `[[chat]]` or `[[image]]` entry as written; checked in [`pool_entries`].
+#[derive(Debug, Default, Deserialize)]
+struct RawDeployment {
+    endpoint: Option<String>,
+    deployment: Option<String>,
+    api_version: Option<String>,
+    api_key_env: Option<String>,
+}
+
+/// `[routing]`: every value optional, the defaults in [`Routing::default`].
+#[derive(Debug, Default, Deserialize)]
+struct RawRouting {
+    circuit_failures: Option<u32>,
+    circuit_open_seconds: Option<u64>,
+    set_aside_seconds: Option<u64>,
+    cooldown_seconds: Option<u64>,
+}
+
+/// The variable naming the optional TOML file.
+pub const CONFIG_FILE_VARIABLE: &str = "AI_SERVICE_CONFIG";
+
 impl Settings {
     /// Reads the process environment (after `.env` was loaded by `main`).
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_source(std::env::vars().collect())
     }
 
-    /// Parses settings from a map of variables; tests use this instead of the process env.
+    /// Parses settings from a map of variables (and the file `AI_SERVICE_CONFIG` names);
+    /// tests use this instead of the process env.
     pub fn from_source(vars: HashMap<String, String>) -> Result<Self, ConfigError> {
-        let raw: RawEnv = config::Config::builder()
-            .add_source(
-                config::Environment::default()
-                    .source(Some(vars.into_iter().map(|(k, v)| (k, v.trim().to_owned())).collect()))
-                    .ignore_empty(true)
-                    .try_parsing(false),
-            )
+        let vars: HashMap<String, String> = vars.into_iter().map(|(k, v)| (k, v.trim().to_owned())).collect();
+        let file = vars
+            .get(CONFIG_FILE_VARIABLE)
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from);
+        let environment = config::Environment::default()
+            .source(Some(vars.clone()))
+            .ignore_empty(true)
+            .try_parsing(false);
+        let mut builder = config::Config::builder();
+        if let Some(path) = &file {
+            let source = file_source(path)?;
+            reject_unknown_keys(path, source.clone())?;
+            builder = builder.add_source(source);
+        }
+        // Added last, so a variable wins over the same single value in the file.
+        let raw: RawEnv = builder
+            .add_source(environment)
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|err| ConfigError::new(format!("could not read the environment: {err}")))?;
-        Self::from_raw(raw)
+            .map_err(|err| match &file {
+                Some(path) => ConfigError::new(format!("{CONFIG_FILE_VARIABLE} file {}: {err}", path.display())),
+                None => ConfigError::new(format!("could not read the environment: {err}")),
+            })?;
+        Self::from_raw(raw, &vars, file.as_deref())
     }
 
-    fn from_raw(raw: RawEnv) -> Result<Self, ConfigError> {
+    fn from_raw(raw: RawEnv, vars: &HashMap<String, String>, file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut warnings = Vec::new();
-        let backend = backend(&raw, &mut warnings)?;
-        let image = image(&raw, &backend, &mut warnings)?;
+        let entries = FileEntries { raw: &raw, vars, file };
+        let backend = backend(&raw, &entries, &mut warnings)?;
+        let image = image(&raw, &entries, &backend, &mut warnings)?;
+        let routing = routing(&raw.routing)?;
         let temperature = temperature(raw.temperature.as_deref(), &mut warnings);
         let limits = limits(&raw)?;
         if raw.ai_endpoint.is_some() || raw.model_name.is_some() {
@@ -301,6 +439,7 @@ impl Settings {
             app_version: raw.app_version.unwrap_or_else(|| "0.1.0".to_owned()),
             backend,
             image,
+            routing,
             temperature,
             limits,
             warnings,
@@ -310,7 +449,7 @@ impl Settings {
     /// The names of what `/health` advertises.
     pub fn capabilities(&self) -> Vec<&'static str> {
         let mut capabilities = vec!["description"];
-        if self.image.is_some() || matches!(self.backend, Backend::Offline) {
+        if !self.image.is_empty() || matches!(self.backend, Backend::Offline) {
             capabilities.push("image");
         }
         capabilities
@@ -335,9 +474,7 @@ impl Settings {
                 parts.push(format!("local_model={}", model.as_deref().unwrap_or("<first listed>")));
             }
             Backend::Azure(azure) => {
-                parts.push(format!("endpoint={}", azure.endpoint));
-                parts.push(format!("deployment={}", azure.deployment));
-                parts.push(format!("api_version={}", azure.api_version));
+                parts.push(format!("chat_pool=[{}]", pool_summary(&azure.chat)));
                 match &azure.auth {
                     AzureAuth::ApiKey(_) => parts.push("auth=api-key api_key=set".to_owned()),
                     AzureAuth::Entra(entra) => {
@@ -370,13 +507,22 @@ impl Settings {
                 ));
             }
         }
-        match &self.image {
-            Some(image) => parts.push(format!(
-                "image_endpoint={} image_deployment={} image_api_version={}",
-                image.endpoint, image.deployment, image.api_version
-            )),
-            None if matches!(self.backend, Backend::Offline) => parts.push("image=offline-placeholder".to_owned()),
-            None => parts.push("image=unset".to_owned()),
+        if !self.image.is_empty() {
+            parts.push(format!("image_pool=[{}]", pool_summary(&self.image)));
+        } else if matches!(self.backend, Backend::Offline) {
+            parts.push("image=offline-placeholder".to_owned());
+        } else {
+            parts.push("image=unset".to_owned());
+        }
+        if matches!(self.backend, Backend::Azure(_)) {
+            let r = &self.routing;
+            parts.push(format!(
+                "routing=circuit_failures:{},circuit_open:{}s,set_aside:{}s,cooldown:{}s",
+                r.circuit_failures,
+                r.circuit_open.as_secs(),
+                r.set_aside.as_secs(),
+                r.default_cooldown.as_secs()
+            ));
         }
         parts.push(format!("temperature={}", self.temperature));
         parts.push(format!(
@@ -388,6 +534,151 @@ impl Settings {
         ));
         parts.join(" ")
     }
+}
+
+/// `deployment@host:port(api-version[, own key])` for each deployment of a pool.
+fn pool_summary(pool: &[DeploymentSettings]) -> String {
+    pool.iter()
+        .map(|d| {
+            let key = if d.api_key.is_some() { ",own key set" } else { "" };
+            format!("{}@{}({}{key})", d.deployment, d.endpoint_label(), d.api_version)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The TOML file `AI_SERVICE_CONFIG` names, read once here.
+fn file_source(path: &Path) -> Result<config::File<config::FileSourceString, config::FileFormat>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        ConfigError::new(format!(
+            "{CONFIG_FILE_VARIABLE} names {}, which cannot be read: {err}",
+            path.display()
+        ))
+    })?;
+    Ok(config::File::from_str(&text, config::FileFormat::Toml))
+}
+
+/// A misspelt key in the file would otherwise be ignored without a word: refuse it, naming
+/// the file, the entry and the key.
+fn reject_unknown_keys(
+    path: &Path,
+    source: config::File<config::FileSourceString, config::FileFormat>,
+) -> Result<(), ConfigError> {
+    let in_file =
+        |message: String| ConfigError::new(format!("{CONFIG_FILE_VARIABLE} file {}: {message}", path.display()));
+    let file_only = config::Config::builder()
+        .add_source(source)
+        .build()
+        .map_err(|err| in_file(format!("not valid TOML: {err}")))?;
+    let mut unknown = Vec::new();
+    let _: RawEnv = serde_ignored::deserialize(file_only, |key| unknown.push(describe_key(&key)))
+        .map_err(|err| in_file(err.to_string()))?;
+    match unknown.first() {
+        None => Ok(()),
+        Some(key) => Err(in_file(format!(
+            "unknown key {key}; the file takes [[chat]] and [[image]] entries (endpoint, deployment, \
+             api_version, api_key_env), a [routing] table (circuit_failures, circuit_open_seconds, \
+             set_aside_seconds, cooldown_seconds) and the service's variables in lower case"
+        ))),
+    }
+}
+
+/// `[[chat]] entry 2, key `endpont`` for a path inside a pool, `` `name` `` for the rest.
+fn describe_key(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Map { parent, key } => match parent {
+            Path::Seq { parent, index } => match parent {
+                Path::Map { parent: _, key: table } => format!("[[{table}]] entry {}, key `{key}`", index + 1),
+                _ => format!("`{path}`"),
+            },
+            Path::Map { key: table, .. } => format!("[{table}], key `{key}`"),
+            _ => format!("`{key}`"),
+        },
+        _ => format!("`{path}`"),
+    }
+}
+
+/// What the pools are built from: the file's entries and the variables they may name.
+struct FileEntries<'a> {
+    raw: &'a RawEnv,
+    vars: &'a HashMap<String, String>,
+    file: Option<&'a Path>,
+}
+
+impl FileEntries<'_> {
+    /// The `[[table]]` entries as deployments, each checked, with the file, entry and key
+    /// named in any error. `api_version` defaults to `default_version`.
+    fn pool(&self, table: &str, default_version: &str, key_mode: bool) -> Result<Vec<DeploymentSettings>, ConfigError> {
+        let entries = if table == "chat" {
+            &self.raw.chat
+        } else {
+            &self.raw.image
+        };
+        let path = self.file.map(|p| p.display().to_string()).unwrap_or_default();
+        entries
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| {
+                let at = |message: String| {
+                    ConfigError::new(format!(
+                        "{CONFIG_FILE_VARIABLE} file {path}: [[{table}]] entry {}: {message}",
+                        index + 1
+                    ))
+                };
+                let endpoint_text = entry.endpoint.as_deref().filter(|v| !v.is_empty()).ok_or_else(|| at("`endpoint` is missing".to_owned()))?;
+                let deployment = entry.deployment.as_deref().filter(|v| !v.is_empty()).ok_or_else(|| at("`deployment` is missing".to_owned()))?;
+                let endpoint = Url::parse(endpoint_text)
+                    .ok()
+                    .filter(|url| url.scheme() == "https" && url.host_str().is_some())
+                    .ok_or_else(|| at(format!("`endpoint` must be an https URL such as https://myaoai.openai.azure.com/, not `{endpoint_text}`")))?;
+                let api_key = match entry.api_key_env.as_deref() {
+                    None => None,
+                    Some(name) if !key_mode => {
+                        return Err(at(format!(
+                            "`api_key_env` names {name}, but USE_AZURE_AD=True authenticates every entry with one \
+                             Microsoft Entra token; remove the key"
+                        )));
+                    }
+                    Some(name) => match self.vars.get(name).filter(|v| !v.is_empty()) {
+                        Some(key) => Some(SecretString::from(key.clone())),
+                        None => return Err(at(format!("`api_key_env` names {name}, which is not set"))),
+                    },
+                };
+                Ok(DeploymentSettings {
+                    endpoint,
+                    deployment: deployment.to_owned(),
+                    api_version: ApiVersion::parse(entry.api_version.as_deref().unwrap_or(default_version)),
+                    api_key,
+                })
+            })
+            .collect()
+    }
+}
+
+fn routing(raw: &RawRouting) -> Result<Routing, ConfigError> {
+    let d = Routing::default();
+    let seconds = |value: Option<u64>, key: &str, default: Duration| match value {
+        Some(0) => Err(ConfigError::new(format!(
+            "{CONFIG_FILE_VARIABLE} file: [routing] {key} must be at least 1"
+        ))),
+        Some(s) => Ok(Duration::from_secs(s)),
+        None => Ok(default),
+    };
+    Ok(Routing {
+        circuit_failures: match raw.circuit_failures {
+            Some(0) => {
+                return Err(ConfigError::new(format!(
+                    "{CONFIG_FILE_VARIABLE} file: [routing] circuit_failures must be at least 1"
+                )));
+            }
+            Some(n) => n,
+            None => d.circuit_failures,
+        },
+        circuit_open: seconds(raw.circuit_open_seconds, "circuit_open_seconds", d.circuit_open)?,
+        set_aside: seconds(raw.set_aside_seconds, "set_aside_seconds", d.set_aside)?,
+        default_cooldown: seconds(raw.cooldown_seconds, "cooldown_seconds", d.default_cooldown)?,
+    })
 }
 
 fn is_true(value: Option<&str>) -> bool {
@@ -437,7 +728,7 @@ fn required<'a>(value: &'a Option<String>, name: &str, why: &str) -> Result<&'a 
         .ok_or_else(|| ConfigError::new(format!("{name} is not set; it is required {why}")))
 }
 
-fn backend(raw: &RawEnv, warnings: &mut Vec<String>) -> Result<Backend, ConfigError> {
+fn backend(raw: &RawEnv, entries: &FileEntries<'_>, warnings: &mut Vec<String>) -> Result<Backend, ConfigError> {
     if is_true(raw.use_local_llm.as_deref()) {
         let endpoint = required(&raw.local_llm_endpoint, "LOCAL_LLM_ENDPOINT", "when USE_LOCAL_LLM=True")?;
         return Ok(Backend::Local {
@@ -446,12 +737,7 @@ fn backend(raw: &RawEnv, warnings: &mut Vec<String>) -> Result<Backend, ConfigEr
         });
     }
     if is_true(raw.use_azure_openai.as_deref()) {
-        let why = "when USE_AZURE_OPENAI=True";
-        let endpoint = parse_url(
-            required(&raw.azure_openai_endpoint, "AZURE_OPENAI_ENDPOINT", why)?,
-            "AZURE_OPENAI_ENDPOINT",
-        )?;
-        let deployment = required(&raw.azure_openai_deployment_name, "AZURE_OPENAI_DEPLOYMENT_NAME", why)?.to_owned();
+        let why = "when USE_AZURE_OPENAI=True and AI_SERVICE_CONFIG has no [[chat]] entry";
         let auth = if is_true(raw.use_azure_ad.as_deref()) {
             if raw.azure_openai_api_key.is_some() || raw.openai_api_key.is_some() {
                 warnings.push(
@@ -460,27 +746,35 @@ fn backend(raw: &RawEnv, warnings: &mut Vec<String>) -> Result<Backend, ConfigEr
             }
             AzureAuth::Entra(Box::new(entra(raw)?))
         } else {
-            let key = raw
-                .openai_api_key
-                .clone()
-                .or_else(|| raw.azure_openai_api_key.clone())
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        "AZURE_OPENAI_API_KEY is not set; it is required when USE_AZURE_OPENAI=True \
-                     and USE_AZURE_AD is not True (or set USE_AZURE_AD=True for passwordless Entra auth)",
-                    )
-                })?;
-            AzureAuth::ApiKey(SecretString::from(key))
+            AzureAuth::ApiKey(
+                raw.openai_api_key
+                    .clone()
+                    .or_else(|| raw.azure_openai_api_key.clone())
+                    .map(SecretString::from),
+            )
         };
-        return Ok(Backend::Azure(Box::new(AzureSettings {
-            endpoint,
-            deployment,
-            api_version: raw
-                .azure_openai_api_version
-                .clone()
-                .unwrap_or_else(|| DEFAULT_API_VERSION.to_owned()),
-            auth,
-        })));
+        let key_mode = matches!(auth, AzureAuth::ApiKey(_));
+        let version = raw
+            .azure_openai_api_version
+            .clone()
+            .unwrap_or_else(|| DEFAULT_API_VERSION.to_owned());
+        let mut chat = Vec::new();
+        // The drop-in variables' deployment comes first; the file alone may define the pool.
+        if raw.azure_openai_endpoint.is_some() || raw.azure_openai_deployment_name.is_some() || raw.chat.is_empty() {
+            chat.push(DeploymentSettings {
+                endpoint: parse_url(
+                    required(&raw.azure_openai_endpoint, "AZURE_OPENAI_ENDPOINT", why)?,
+                    "AZURE_OPENAI_ENDPOINT",
+                )?,
+                deployment: required(&raw.azure_openai_deployment_name, "AZURE_OPENAI_DEPLOYMENT_NAME", why)?
+                    .to_owned(),
+                api_version: ApiVersion::parse(&version),
+                api_key: None,
+            });
+        }
+        chat.extend(entries.pool("chat", &version, key_mode)?);
+        require_keys(&auth, &chat)?;
+        return Ok(Backend::Azure(Box::new(AzureSettings { chat, auth })));
     }
     if let Some(key) = &raw.openai_api_key {
         let base_url = match &raw.openai_base_url {
@@ -561,7 +855,23 @@ fn entra(raw: &RawEnv) -> Result<EntraSettings, ConfigError> {
     })
 }
 
-fn image(raw: &RawEnv, backend: &Backend, warnings: &mut Vec<String>) -> Result<Option<ImageSettings>, ConfigError> {
+/// In key mode every deployment needs a key: its own (`api_key_env`) or the shared one.
+fn require_keys(auth: &AzureAuth, pool: &[DeploymentSettings]) -> Result<(), ConfigError> {
+    match auth {
+        AzureAuth::ApiKey(None) if pool.iter().any(|d| d.api_key.is_none()) => Err(ConfigError::new(
+            "AZURE_OPENAI_API_KEY is not set; it is required when USE_AZURE_OPENAI=True \
+             and USE_AZURE_AD is not True (or set USE_AZURE_AD=True for passwordless Entra auth)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn image(
+    raw: &RawEnv,
+    entries: &FileEntries<'_>,
+    backend: &Backend,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<DeploymentSettings>, ConfigError> {
     let deployment = match (
         &raw.azure_openai_image_deployment_name,
         &raw.azure_openai_dalle_deployment_name,
@@ -585,29 +895,47 @@ fn image(raw: &RawEnv, backend: &Backend, warnings: &mut Vec<String>) -> Result<
         }
         (None, None) => None,
     };
-    let Some(deployment) = deployment else {
-        return Ok(None);
-    };
+    if deployment.is_none() && raw.image.is_empty() {
+        return Ok(Vec::new());
+    }
     let Backend::Azure(azure) = backend else {
         return Err(ConfigError::new(
             "AZURE_OPENAI_IMAGE_DEPLOYMENT_NAME is set but USE_AZURE_OPENAI is not True; \
              image generation runs on Azure OpenAI with the same authentication as descriptions",
         ));
     };
-    Ok(Some(ImageSettings {
-        endpoint: endpoint.unwrap_or_else(|| azure.endpoint.clone()),
-        deployment,
-        api_version: raw
-            .azure_openai_image_api_version
-            .clone()
-            .or_else(|| raw.azure_openai_api_version.clone())
-            .unwrap_or_else(|| DEFAULT_IMAGE_API_VERSION.to_owned()),
-    }))
+    let version = raw
+        .azure_openai_image_api_version
+        .clone()
+        .or_else(|| raw.azure_openai_api_version.clone())
+        .unwrap_or_else(|| DEFAULT_IMAGE_API_VERSION.to_owned());
+    let mut pool = Vec::new();
+    if let Some(deployment) = deployment {
+        let endpoint = match (endpoint, &raw.azure_openai_endpoint) {
+            (Some(endpoint), _) => endpoint,
+            (None, Some(url)) => parse_url(url, "AZURE_OPENAI_ENDPOINT")?,
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "AZURE_OPENAI_IMAGE_ENDPOINT is not set; it is required for AZURE_OPENAI_IMAGE_DEPLOYMENT_NAME \
+                     when AZURE_OPENAI_ENDPOINT is not set",
+                ));
+            }
+        };
+        pool.push(DeploymentSettings {
+            endpoint,
+            deployment,
+            api_version: ApiVersion::parse(&version),
+            api_key: None,
+        });
+    }
+    pool.extend(entries.pool("image", &version, matches!(azure.auth, AzureAuth::ApiKey(_)))?);
+    require_keys(&azure.auth, &pool)?;
+    Ok(pool)
 }
 
-fn temperature(value: Option<&str>, warnings: &mut Vec<String>) -> f32 {
+fn temperature(value: Option<&str>, warnings: &mut Vec<String>) -> f64 {
     let Some(value) = value else { return 1.0 };
-    match value.parse::<f32>() {
+    match value.parse::<f64>() {
         Ok(t) if (0.0..=2.0).contains(&t) => t,
         _ => {
             warnings.push(format!(
@@ -645,6 +973,16 @@ fn limits(raw: &RawEnv) -> Result<Limits, ConfigError> {
             raw.image_timeout_seconds.as_deref(),
             "IMAGE_TIMEOUT_SECONDS",
             d.image_timeout,
+        )?,
+        description_attempt_timeout: seconds(
+            raw.description_attempt_timeout_seconds.as_deref(),
+            "DESCRIPTION_ATTEMPT_TIMEOUT_SECONDS",
+            d.description_attempt_timeout,
+        )?,
+        image_attempt_timeout: seconds(
+            raw.image_attempt_timeout_seconds.as_deref(),
+            "IMAGE_ATTEMPT_TIMEOUT_SECONDS",
+            d.image_attempt_timeout,
         )?,
         connect_timeout: seconds(
             raw.upstream_connect_timeout_seconds.as_deref(),
@@ -729,7 +1067,11 @@ mod tests {
         let Backend::Azure(azure) = &s.backend else {
             panic!("not azure: {:?}", s.backend)
         };
-        assert_eq!(azure.api_version, DEFAULT_API_VERSION);
+        assert_eq!(azure.chat.len(), 1);
+        assert_eq!(
+            azure.primary().api_version,
+            ApiVersion::Dated(DEFAULT_API_VERSION.to_owned())
+        );
         let AzureAuth::Entra(entra) = &azure.auth else {
             panic!("not entra")
         };
@@ -750,7 +1092,9 @@ mod tests {
         ])
         .unwrap();
         let Backend::Azure(azure) = &s.backend else { panic!() };
-        let AzureAuth::ApiKey(key) = &azure.auth else { panic!() };
+        let AzureAuth::ApiKey(Some(key)) = &azure.auth else {
+            panic!()
+        };
         assert_eq!(key.expose_secret(), "openai-key");
     }
 
@@ -813,10 +1157,15 @@ mod tests {
             ("AZURE_OPENAI_DALLE_ENDPOINT", "https://img.openai.azure.com/"),
         ])
         .unwrap();
-        let image = s.image.as_ref().unwrap();
+        let [image] = s.image.as_slice() else {
+            panic!("{:?}", s.image)
+        };
         assert_eq!(image.deployment, "dalle-3");
         assert_eq!(image.endpoint.as_str(), "https://img.openai.azure.com/");
-        assert_eq!(image.api_version, DEFAULT_IMAGE_API_VERSION);
+        assert_eq!(
+            image.api_version,
+            ApiVersion::Dated(DEFAULT_IMAGE_API_VERSION.to_owned())
+        );
         assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
         assert_eq!(s.capabilities(), vec!["description", "image"]);
     }

@@ -41,6 +41,34 @@ pub enum Operation {
     Image,
 }
 
+/// Why a generation failed, documented by the status it answers.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// 501: no image deployment is configured.
+    #[error("image generation is not configured")]
+    ImageNotConfigured,
+    /// 503 with `Retry-After`: too many generations at once; shed rather than grow.
+    #[error("too many requests in flight")]
+    Overloaded,
+    /// 504: the route's budget ran out.
+    #[error("the budget ran out")]
+    Timeout,
+    /// The model or the credential failed; status by cause.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl AppError {
+    /// A failed generation of `operation` for the request `request_id`.
+    pub fn generation(operation: Operation, request_id: Option<&str>, failure: impl Into<Failure>) -> Self {
+        AppError::Generation {
+            operation,
+            request: request_id.map(|id| id.chars().take(8).collect()),
+            failure: failure.into(),
+        }
+    }
+}
+
 /// Every way a request can fail, documented by the status it answers.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -59,26 +87,17 @@ pub enum AppError {
     /// 415: a body that is not JSON.
     #[error("unsupported content type")]
     UnsupportedMediaType,
-    /// 501: no image deployment is configured.
-    #[error("image generation is not configured")]
-    ImageNotConfigured,
-    /// 503 with `Retry-After`: too many generations at once; shed rather than grow.
-    #[error("too many requests in flight")]
-    Overloaded,
-    /// 504: the route's budget ran out.
-    #[error("{operation:?} timed out")]
-    Timeout {
+    /// A generation failed; the status depends on the cause, and the sentence ends with the
+    /// request's short id.
+    #[error("{operation:?} failed: {failure}")]
+    Generation {
         /// Which route.
         operation: Operation,
-    },
-    /// The model or the credential failed; status by cause.
-    #[error("{operation:?} failed: {source}")]
-    Upstream {
-        /// Which route.
-        operation: Operation,
+        /// The first 8 characters of the request's `x-request-id`.
+        request: Option<String>,
         /// Why.
         #[source]
-        source: UpstreamError,
+        failure: Failure,
     },
     /// 404: no such route.
     #[error("no such route")]
@@ -105,24 +124,20 @@ impl AppError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Send the request body as JSON with Content-Type: application/json.".to_owned(),
             ),
-            AppError::ImageNotConfigured => sentence(
-                StatusCode::NOT_IMPLEMENTED,
-                "Error generating image: image generation is not configured on this service \
-                 (set AZURE_OPENAI_IMAGE_DEPLOYMENT_NAME)."
-                    .to_owned(),
-            ),
-            AppError::Overloaded => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Value::String("The service is busy with other generations; try again in a moment.".to_owned()),
-                Some(1),
-            ),
-            AppError::Timeout { operation } => sentence(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("{}the model did not answer in time; try again.", prefix(*operation)),
-            ),
             AppError::NotFound => sentence(StatusCode::NOT_FOUND, "Not Found".to_owned()),
             AppError::MethodNotAllowed => sentence(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed".to_owned()),
-            AppError::Upstream { operation, source } => upstream(*operation, source),
+            AppError::Generation {
+                operation,
+                request,
+                failure,
+            } => {
+                let (status, text, retry_after) = generation(*operation, failure);
+                (
+                    status,
+                    Value::String(with_request(text, request.as_deref())),
+                    retry_after,
+                )
+            }
         }
     }
 }
@@ -137,115 +152,175 @@ pub const ENTRA_REFUSED_ADVICE: &str = "Give the identity the role 'Cognitive Se
 pub const ROLE_PROPAGATION_ADVICE: &str = "A new role assignment takes up to several minutes to reach Azure \
      OpenAI: `ai-service check --wait 600` retries until it does.";
 
-fn prefix(operation: Operation) -> &'static str {
-    match operation {
-        Operation::Description => "Error generating description: ",
-        Operation::Image => "Error generating image: ",
+/// `text` as the end of one sentence, with the request's short id: the store-admin shows
+/// `Unable to generate description: ` followed by it, and the id finds the request's log lines.
+fn with_request(text: String, request: Option<&str>) -> String {
+    let text = text.trim_end_matches('.');
+    match request {
+        Some(id) => format!("{text} (request {id})."),
+        None => format!("{text}."),
     }
 }
 
-fn upstream(operation: Operation, error: &UpstreamError) -> (StatusCode, Value, Option<u64>) {
-    let p = prefix(operation);
-    let (status, text, retry_after) = match error {
+/// A sentence written to stand alone, as a clause: lower-case start, no final period.
+fn clause(sentence: &str) -> String {
+    let sentence = sentence.trim().trim_end_matches('.');
+    let mut chars = sentence.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// "try again in about N seconds", rounded up, and the same N for `Retry-After`.
+fn try_again_in(wait: std::time::Duration) -> (String, u64) {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let unit = if seconds == 1 { "second" } else { "seconds" };
+    (format!("try again in about {seconds} {unit}"), seconds)
+}
+
+/// The status, the clause that completes "Unable to generate description: " (or image), and
+/// the `Retry-After` seconds, for one failure.
+fn generation(operation: Operation, failure: &Failure) -> (StatusCode, String, Option<u64>) {
+    let error = match failure {
+        Failure::ImageNotConfigured => {
+            return (
+                StatusCode::NOT_IMPLEMENTED,
+                "image generation is not configured on this service (set AZURE_OPENAI_IMAGE_DEPLOYMENT_NAME)"
+                    .to_owned(),
+                None,
+            );
+        }
+        Failure::Overloaded => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the service is busy with other generations; try again in a moment".to_owned(),
+                Some(1),
+            );
+        }
+        Failure::Timeout => {
+            return (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the model did not answer in time; try again".to_owned(),
+                None,
+            );
+        }
+        Failure::Upstream(error) => error,
+    };
+    match error {
         UpstreamError::ContentFiltered => (
             StatusCode::UNPROCESSABLE_ENTITY,
             match operation {
-                Operation::Description => {
-                    format!("{p}the content filter blocked this product; try a different name or tags.")
-                }
-                Operation::Image => {
-                    format!("{p}the safety system blocked the image prompt; try a simpler product description.")
-                }
-            },
+                Operation::Description => "the content filter blocked this product; try a different name or tags",
+                Operation::Image => "the safety system blocked the image prompt; try a simpler product description",
+            }
+            .to_owned(),
             None,
         ),
         UpstreamError::UnsupportedTemperature => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "{p}the model does not accept the configured TEMPERATURE; reasoning models such as gpt-5-mini \
-                 accept only 1, so unset TEMPERATURE or set TEMPERATURE=1."
-            ),
+            "the model does not accept the configured TEMPERATURE; reasoning models such as gpt-5-mini \
+             accept only 1, so unset TEMPERATURE or set TEMPERATURE=1"
+                .to_owned(),
             None,
         ),
         // A 400 without a JSON error message (an HTML page, an empty body) still gets a sentence.
         UpstreamError::BadRequest { message, .. } if message.is_empty() => match operation {
             Operation::Image => (
                 StatusCode::BAD_REQUEST,
-                format!("{p}the image model rejected the request."),
+                "the image model rejected the request".to_owned(),
                 None,
             ),
             Operation::Description => (
                 StatusCode::BAD_GATEWAY,
-                format!("{p}the model rejected the request."),
+                "the model rejected the request".to_owned(),
                 None,
             ),
         },
         UpstreamError::BadRequest { message, .. } => match operation {
-            Operation::Image => (StatusCode::BAD_REQUEST, format!("{p}{message}"), None),
+            // The upstream's own words, as the original passes them on (first line only).
+            Operation::Image => (StatusCode::BAD_REQUEST, message.clone(), None),
             Operation::Description => (
                 StatusCode::BAD_GATEWAY,
-                format!("{p}the model rejected the request: {message}"),
+                format!("the model rejected the request: {message}"),
                 None,
             ),
         },
         UpstreamError::Unauthorized { status, entra: true } => (
             StatusCode::BAD_GATEWAY,
-            format!("{p}Azure OpenAI refused the Microsoft Entra token ({status}). {ENTRA_REFUSED_ADVICE}"),
+            format!(
+                "Azure OpenAI refused the Microsoft Entra token ({status}); {}",
+                clause(ENTRA_REFUSED_ADVICE)
+            ),
             None,
         ),
         UpstreamError::Unauthorized { status, entra: false } => (
             StatusCode::BAD_GATEWAY,
-            format!("{p}the model API refused the API key ({status}); check the configured key."),
+            format!("the model API refused the API key ({status}); check the configured key"),
             None,
         ),
         UpstreamError::NotFound { name } => (
             StatusCode::BAD_GATEWAY,
-            format!("{p}the deployment or model `{name}` was not found; check the deployment name and endpoint."),
+            format!("the deployment or model `{name}` was not found; check the deployment name and endpoint"),
             None,
         ),
-        UpstreamError::Throttled { retry_after } => (
+        UpstreamError::Throttled {
+            retry_after: Some(wait),
+        } => {
+            let (again, seconds) = try_again_in(*wait);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the model is receiving too many requests right now; {again}"),
+                Some(seconds),
+            )
+        }
+        UpstreamError::Throttled { retry_after: None } => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{p}the model is receiving too many requests right now; try again shortly."),
-            Some(retry_after.map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64)),
+            "the model is receiving too many requests right now; try again shortly".to_owned(),
+            Some(1),
         ),
+        UpstreamError::CircuitOpen { retry_after } => {
+            let (again, seconds) = try_again_in(*retry_after);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("every model deployment is failing and is being given a rest; {again}"),
+                Some(seconds),
+            )
+        }
         UpstreamError::Status { status } => (
             StatusCode::BAD_GATEWAY,
-            format!("{p}the model API answered with status {status}; try again later."),
+            format!("the model API answered with status {status}; try again later"),
             None,
         ),
         UpstreamError::Timeout => (
             StatusCode::GATEWAY_TIMEOUT,
-            format!("{p}the model did not answer in time; try again."),
+            "the model did not answer in time; try again".to_owned(),
             None,
         ),
         UpstreamError::Unreachable(cause) => (
             StatusCode::BAD_GATEWAY,
-            format!("{p}could not reach the model API ({cause})."),
+            format!("could not reach the model API ({cause}); try again later"),
             None,
         ),
         UpstreamError::InvalidResponse(_) => (
             StatusCode::BAD_GATEWAY,
-            format!("{p}the model API returned an answer that could not be used; try again."),
+            "the model API returned an answer that could not be used; try again".to_owned(),
             None,
         ),
-        UpstreamError::Credential(sentence) => (StatusCode::SERVICE_UNAVAILABLE, format!("{p}{sentence}"), None),
-        UpstreamError::Misconfigured(sentence) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{p}{sentence}"), None),
-    };
-    (status, Value::String(text), retry_after)
+        UpstreamError::Credential(sentence) => (StatusCode::SERVICE_UNAVAILABLE, sentence.clone(), None),
+        UpstreamError::Misconfigured(sentence) => (StatusCode::INTERNAL_SERVER_ERROR, sentence.clone(), None),
+    }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, detail, retry_after) = self.status_and_detail();
         match &self {
-            AppError::Upstream { source, .. } if status.is_server_error() => {
-                tracing::warn!(status = status.as_u16(), cause = %source, "generation failed");
+            AppError::Generation { failure, .. } if status.is_server_error() => {
+                tracing::warn!(status = status.as_u16(), cause = %failure, "generation failed");
             }
-            AppError::Upstream { source, .. } => {
-                tracing::info!(status = status.as_u16(), cause = %source, "generation refused")
-            }
-            AppError::Timeout { .. } | AppError::Overloaded => {
-                tracing::warn!(status = status.as_u16(), "{self}")
+            AppError::Generation { failure, .. } => {
+                tracing::info!(status = status.as_u16(), cause = %failure, "generation refused")
             }
             _ => tracing::info!(status = status.as_u16(), "{self}"),
         }
@@ -272,23 +347,41 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn throttling_answers_503_with_retry_after_rounded_up() {
-        let error = AppError::Upstream {
-            operation: Operation::Description,
-            source: UpstreamError::Throttled {
+    fn throttling_answers_503_with_retry_after_and_the_wait_in_the_sentence_rounded_up() {
+        let error = AppError::generation(
+            Operation::Description,
+            Some("6ed9b964-0000-4000-8000-000000000000"),
+            UpstreamError::Throttled {
                 retry_after: Some(Duration::from_millis(1500)),
             },
-        };
-        let response = error.into_response();
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        );
+        let (status, detail, retry_after) = error.status_and_detail();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after, Some(2));
+        assert_eq!(
+            detail,
+            "the model is receiving too many requests right now; try again in about 2 seconds (request 6ed9b964)."
+        );
+        assert_eq!(error.into_response().headers()[header::RETRY_AFTER], "2");
     }
 
     #[test]
     fn unsupported_temperature_names_the_variable() {
-        let (status, detail, _) = upstream(Operation::Description, &UpstreamError::UnsupportedTemperature);
+        let (status, text, _) = generation(
+            Operation::Description,
+            &Failure::Upstream(UpstreamError::UnsupportedTemperature),
+        );
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-        let text = detail.as_str().unwrap();
-        assert!(text.starts_with("Error generating description: ") && text.contains("TEMPERATURE"));
+        assert!(text.starts_with("the model does not accept") && text.contains("TEMPERATURE"));
+    }
+
+    #[test]
+    fn a_sentence_becomes_a_clause_of_the_store_admin_s_sentence() {
+        assert_eq!(clause("Give the role. "), "give the role");
+        assert_eq!(with_request("busy.".to_owned(), None), "busy.");
+        assert_eq!(
+            try_again_in(Duration::from_millis(200)).0,
+            "try again in about 1 second"
+        );
     }
 }

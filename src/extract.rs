@@ -17,8 +17,8 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use crate::{
-    AppState,
     error::{AppError, ValidationIssue},
+    state::AppState,
 };
 
 /// A request body type that validates itself from JSON.

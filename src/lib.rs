@@ -15,9 +15,11 @@ pub mod listener;
 pub mod llm;
 pub mod metrics;
 pub mod routes;
+pub mod services;
+pub mod state;
 pub mod telemetry;
 
-use std::{future::Future, io, sync::Arc, time::Duration};
+use std::{future::Future, io, time::Duration};
 
 use axum::{
     Router,
@@ -28,8 +30,7 @@ use axum::{
     routing::get,
     serve::ListenerExt,
 };
-use azure_identity::Executor;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tower_http::{
     LatencyUnit,
     cors::CorsLayer,
@@ -38,204 +39,10 @@ use tower_http::{
 };
 use tracing::Level;
 
-use crate::{
-    config::{AzureAuth, Backend, Limits, Settings},
-    credential::{CredentialOptions, SharedTokenCache, TokenProvider},
-    error::AppError,
-    llm::{
-        ChatModel, ImageModel, Transport,
-        azure::{AzureChat, AzureCredential, AzureImage},
-        offline::OfflineGenerator,
-        openai::OpenAiCompatible,
-    },
-    metrics::Metrics,
-};
+pub use services::{Dependencies, Services, StartupError, build_services, http_client};
+pub use state::AppState;
 
-/// What every handler can reach. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    /// Writes descriptions.
-    pub chat: Arc<dyn ChatModel>,
-    /// Draws images, when configured.
-    pub image: Option<Arc<dyn ImageModel>>,
-    /// Reported by `/health`.
-    pub version: Arc<str>,
-    /// The active backend's name.
-    pub backend: &'static str,
-    /// What `/health` advertises.
-    pub capabilities: Arc<[&'static str]>,
-    /// Sampling temperature.
-    pub temperature: f32,
-    /// Deadlines and limits.
-    pub limits: Arc<Limits>,
-    /// Free description slots; none left means 503.
-    pub description_slots: Arc<Semaphore>,
-    /// Free image slots; none left means 503.
-    pub image_slots: Arc<Semaphore>,
-    /// Prometheus metrics.
-    pub metrics: Metrics,
-}
-
-/// What the state is built from besides the settings. Tests inject their test CA,
-/// a fake `az` runner or a fixed token here; production uses the defaults.
-#[derive(Clone, Default)]
-pub struct Dependencies {
-    /// Extra trusted roots for every upstream (the platform's roots stay trusted).
-    pub extra_root_certificates: Vec<reqwest::Certificate>,
-    /// How `az`/`azd` are run.
-    pub executor: Option<Arc<dyn Executor>>,
-    /// A token provider to use instead of the credential chain.
-    pub token_provider: Option<Arc<dyn TokenProvider>>,
-}
-
-/// The models built from the settings, before they go into an [`AppState`].
-pub struct Services {
-    /// Writes descriptions.
-    pub chat: Arc<dyn ChatModel>,
-    /// Draws images.
-    pub image: Option<Arc<dyn ImageModel>>,
-    /// The Entra token cache, when Azure OpenAI uses Entra auth.
-    pub tokens: Option<Arc<dyn TokenProvider>>,
-    /// The credentials in the chain, in order (for the startup log).
-    pub credentials: Vec<&'static str>,
-    /// Metrics shared by the models and the routes.
-    pub metrics: Metrics,
-}
-
-/// The service cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    /// The HTTP client could not be built (e.g. no TLS roots).
-    #[error(
-        "could not build the HTTP client (check that SSL_CERT_FILE or SSL_CERT_DIR, if set, name a readable PEM bundle): {0:?}"
-    )]
-    HttpClient(#[from] reqwest::Error),
-    /// The credential chain could not be built.
-    #[error("could not set up the Microsoft Entra credential: {0}")]
-    Credential(#[from] azure_core::Error),
-}
-
-/// Builds the HTTP client for upstream calls: one per process, with a connect timeout.
-pub fn http_client(
-    limits: &Limits,
-    deps: &Dependencies,
-    total_timeout: Option<Duration>,
-) -> Result<reqwest::Client, reqwest::Error> {
-    let mut builder = reqwest::Client::builder()
-        // HTTP/1.1 with a pool, not one multiplexed HTTP/2 connection: measured with
-        // `make bench`, the single h2 connection capped throughput at 73% of the bound at
-        // concurrency 256 (the server's stream limit) and put a 400 ms p99 on fast answers.
-        .http1_only()
-        .connect_timeout(limits.connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .user_agent(concat!("ai-service/", env!("CARGO_PKG_VERSION")))
-        .tls_certs_merge(deps.extra_root_certificates.iter().cloned());
-
-    if let Some(timeout) = total_timeout {
-        builder = builder.timeout(timeout);
-    }
-    builder.build()
-}
-
-/// Builds the models for `settings`.
-pub fn build_services(settings: &Settings, deps: Dependencies) -> Result<Services, StartupError> {
-    let metrics = Metrics::new(&settings.app_version, settings.backend.name());
-    let transport = Transport::new(
-        http_client(&settings.limits, &deps, None)?,
-        settings.limits.max_retries,
-        metrics.clone(),
-    );
-    let mut tokens: Option<Arc<dyn TokenProvider>> = None;
-    let mut credentials = Vec::new();
-    let mut azure_credential = None;
-    let chat: Arc<dyn ChatModel> = match &settings.backend {
-        Backend::Offline => Arc::new(OfflineGenerator),
-        Backend::Local { endpoint, model } => Arc::new(OpenAiCompatible::local(
-            transport.clone(),
-            endpoint.clone(),
-            model.clone(),
-        )),
-        Backend::OpenAi {
-            api_key,
-            organization,
-            base_url,
-        } => Arc::new(OpenAiCompatible::openai(
-            transport.clone(),
-            base_url.clone(),
-            api_key.clone(),
-            organization.clone(),
-            config::OPENAI_MODEL,
-        )),
-        Backend::Azure(azure) => {
-            let credential = match &azure.auth {
-                AzureAuth::ApiKey(key) => AzureCredential::ApiKey(key.clone()),
-                AzureAuth::Entra(entra) => {
-                    let provider: Arc<dyn TokenProvider> = match &deps.token_provider {
-                        Some(provider) => provider.clone(),
-                        None => {
-                            // Entra calls get a total timeout too: a hung token endpoint must fail in seconds.
-                            let http = http_client(&settings.limits, &deps, Some(Duration::from_secs(10)))?;
-                            let options = CredentialOptions {
-                                http: Some(http),
-                                executor: deps.executor.clone(),
-                            };
-                            let cache: Arc<SharedTokenCache> =
-                                credential::token_provider(entra, options, metrics.clone())?;
-                            credentials = cache.credential_names();
-                            cache
-                        }
-                    };
-                    tokens = Some(provider.clone());
-                    AzureCredential::Entra(provider)
-                }
-            };
-            azure_credential = Some(credential.clone());
-            Arc::new(AzureChat::new(
-                transport.clone(),
-                &azure.endpoint,
-                &azure.deployment,
-                &azure.api_version,
-                credential,
-            ))
-        }
-    };
-    let image: Option<Arc<dyn ImageModel>> = match (&settings.image, azure_credential) {
-        (Some(image), Some(credential)) => Some(Arc::new(AzureImage::new(
-            transport,
-            &image.endpoint,
-            &image.deployment,
-            &image.api_version,
-            credential,
-        ))),
-        _ if matches!(settings.backend, Backend::Offline) => Some(Arc::new(OfflineGenerator)),
-        _ => None,
-    };
-    Ok(Services {
-        chat,
-        image,
-        tokens,
-        credentials,
-        metrics,
-    })
-}
-
-impl AppState {
-    /// The state for `settings`, with its models built.
-    pub fn new(settings: &Settings, services: Services) -> Self {
-        Self {
-            chat: services.chat,
-            image: services.image,
-            version: settings.app_version.as_str().into(),
-            backend: settings.backend.name(),
-            capabilities: settings.capabilities().into(),
-            temperature: settings.temperature,
-            limits: Arc::new(settings.limits.clone()),
-            description_slots: Arc::new(Semaphore::new(settings.limits.max_concurrent_descriptions)),
-            image_slots: Arc::new(Semaphore::new(settings.limits.max_concurrent_images)),
-            metrics: services.metrics,
-        }
-    }
-}
+use crate::error::AppError;
 
 /// The whole HTTP API: routes, `/metrics`, CORS open to any origin, request ids and tracing.
 pub fn app(state: AppState) -> Router {

@@ -45,6 +45,29 @@ struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentLabels {
+    capability: String,
+    endpoint: String,
+    deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CapabilityLabels {
+    capability: String,
+}
+
+/// What `ai_service_deployment_state` says of a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentState {
+    /// Takes requests (0).
+    Ok = 0,
+    /// Cooling down after a 429 (1).
+    Cooling = 1,
+    /// Circuit open, or set aside after 401/403/404 (2).
+    Unavailable = 2,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
     backend: String,
@@ -58,6 +81,8 @@ struct Inner {
     retries: Family<BackendLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     in_flight: Gauge,
+    deployment_state: Family<DeploymentLabels, Gauge>,
+    failovers: Family<CapabilityLabels, Counter>,
 }
 
 /// The service's metrics; cheap to clone.
@@ -119,6 +144,18 @@ impl Metrics {
             "HTTP requests being served",
             in_flight.clone(),
         );
+        let deployment_state = Family::<DeploymentLabels, Gauge>::default();
+        registry.register(
+            "deployment_state",
+            "State of each deployment of a pool: 0 ok, 1 cooling after a 429, 2 circuit open or set aside",
+            deployment_state.clone(),
+        );
+        let failovers = Family::<CapabilityLabels, Counter>::default();
+        registry.register(
+            "failovers",
+            "Attempts sent to another deployment of the pool than the request's previous attempt",
+            failovers.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -135,6 +172,8 @@ impl Metrics {
             retries,
             tokens,
             in_flight,
+            deployment_state,
+            failovers,
         }))
     }
 
@@ -177,6 +216,28 @@ impl Metrics {
             .retries
             .get_or_create(&BackendLabels {
                 backend: backend.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets what `ai_service_deployment_state` reports for one deployment.
+    pub fn deployment_state(&self, capability: &str, endpoint: &str, deployment: &str, state: DeploymentState) {
+        self.0
+            .deployment_state
+            .get_or_create(&DeploymentLabels {
+                capability: capability.to_owned(),
+                endpoint: endpoint.to_owned(),
+                deployment: deployment.to_owned(),
+            })
+            .set(state as i64);
+    }
+
+    /// Counts one failover to another deployment.
+    pub fn failover(&self, capability: &str) {
+        self.0
+            .failovers
+            .get_or_create(&CapabilityLabels {
+                capability: capability.to_owned(),
             })
             .inc();
     }

@@ -706,7 +706,7 @@ async fn entra_refusal_is_explained_and_recovered_from(
     assert_eq!(answered, 503, "{body}");
     let sentence = detail_of(&body);
     assert!(
-        sentence.starts_with("Error generating description: Workload identity: "),
+        failure_clause(&sentence).starts_with("Workload identity: "),
         "{sentence}"
     );
     assert_mentions(&sentence, expected);

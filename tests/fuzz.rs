@@ -288,10 +288,18 @@ proptest! {
         let _ = parse_chat_completion(&body);
         let _ = parse_image_generation(&body);
         let _ = parse_error_body(&body);
-        // Every classification maps to an answer with a detail, for both routes.
+        // A 400 is one of three causes, each answered with its documented status, on both routes.
         for operation in [Operation::Description, Operation::Image] {
-            let response = AppError::Upstream { operation, source: classify_bad_request(&body) }.into_response();
-            prop_assert!(response.status().is_client_error() || response.status().is_server_error());
+            let cause = classify_bad_request(&body);
+            let expected = match (&cause, operation) {
+                (UpstreamError::ContentFiltered, _) => StatusCode::UNPROCESSABLE_ENTITY,
+                (UpstreamError::UnsupportedTemperature, _) => StatusCode::INTERNAL_SERVER_ERROR,
+                (UpstreamError::BadRequest { .. }, Operation::Image) => StatusCode::BAD_REQUEST,
+                (UpstreamError::BadRequest { .. }, Operation::Description) => StatusCode::BAD_GATEWAY,
+                (other, _) => panic!("a 400 classified as {other:?}"),
+            };
+            let response = AppError::generation(operation, Some("0123456789"), cause).into_response();
+            prop_assert_eq!(response.status(), expected);
         }
     }
 
@@ -347,7 +355,7 @@ proptest! {
         }
         // Any hint maps to a Retry-After header of whole seconds.
         let source = UpstreamError::Throttled { retry_after: throttled_for.map(Duration::from_secs) };
-        let response = AppError::Upstream { operation: Operation::Description, source }.into_response();
+        let response = AppError::generation(Operation::Description, None, source).into_response();
         prop_assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         let header = response.headers().get("retry-after").unwrap().to_str().unwrap();
         prop_assert!(header.parse::<u64>().unwrap() >= 1);

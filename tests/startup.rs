@@ -248,7 +248,10 @@ async fn the_startup_log_shows_that_a_key_is_set_but_never_the_key() {
         .find(|l| l.contains("configuration:"))
         .unwrap_or_else(|| panic!("no configuration line: {output:#?}"));
     assert!(configuration.contains("api_key=set"), "{configuration}");
-    assert!(configuration.contains("deployment=gpt-5-mini"), "{configuration}");
+    assert!(
+        configuration.contains("chat_pool=[gpt-5-mini@127.0.0.1:9(2024-12-01-preview)]"),
+        "{configuration}"
+    );
     assert!(
         output
             .iter()

@@ -1,68 +1,31 @@
-//! Azure OpenAI: chat completions and image generations on a deployment,
+//! Azure OpenAI: chat completions and image generations on a pool of deployments,
 //! authenticated with an `api-key` or a Microsoft Entra bearer token.
 
 use std::sync::Arc;
 
-use reqwest::RequestBuilder;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use url::Url;
 
 use super::{
-    CallContext, ChatCompletionRequest, ChatModel, ChatPrompt, GeneratedImage, ImageModel, ProductFacts, Transport,
-    UpstreamError, classify_bad_request, parse_chat_completion, parse_image_generation,
+    CallContext, ChatCompletionRequest, ChatModel, ChatPrompt, GeneratedImage, ImageModel, ProductFacts, UpstreamError,
+    parse_chat_completion, parse_image_generation,
+    pool::{Auth, Pool, Target},
 };
-use crate::credential::TokenProvider;
+use crate::{
+    config::{ApiVersion, DeploymentSettings},
+    credential::TokenProvider,
+};
 
-const BACKEND: &str = "azure-openai";
+/// The `backend` label of Azure OpenAI's metrics.
+pub const BACKEND: &str = "azure-openai";
 
-/// How each request to Azure OpenAI is authenticated.
+/// How every deployment of the pools is authenticated.
 #[derive(Clone)]
-pub enum AzureCredential {
-    /// `api-key` header.
-    ApiKey(SecretString),
-    /// `Authorization: Bearer` from the shared token cache.
+pub enum AzureAuth {
+    /// `api-key`: the deployment's own key, else this one.
+    ApiKey(Option<SecretString>),
+    /// `Authorization: Bearer` from the shared token cache (one token serves every resource).
     Entra(Arc<dyn TokenProvider>),
-}
-
-impl std::fmt::Debug for AzureCredential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            AzureCredential::ApiKey(_) => "ApiKey(..)",
-            AzureCredential::Entra(_) => "Entra(..)",
-        })
-    }
-}
-
-/// The auth header to put on one request, resolved before the retries start.
-enum AuthHeader {
-    ApiKey(SecretString),
-    Bearer(SecretString),
-}
-
-impl AuthHeader {
-    fn apply(&self, request: RequestBuilder) -> RequestBuilder {
-        match self {
-            AuthHeader::ApiKey(key) => request.header("api-key", key.expose_secret()),
-            AuthHeader::Bearer(token) => request.bearer_auth(token.expose_secret()),
-        }
-    }
-}
-
-impl AzureCredential {
-    async fn header(&self) -> Result<AuthHeader, UpstreamError> {
-        match self {
-            AzureCredential::ApiKey(key) => Ok(AuthHeader::ApiKey(key.clone())),
-            AzureCredential::Entra(provider) => provider
-                .token()
-                .await
-                .map(|token| AuthHeader::Bearer(token.secret))
-                .map_err(|err| UpstreamError::Credential(err.message)),
-        }
-    }
-
-    fn is_entra(&self) -> bool {
-        matches!(self, AzureCredential::Entra(_))
-    }
 }
 
 /// `{endpoint}/openai/deployments/{deployment}/{operation}?api-version={version}`.
@@ -79,93 +42,64 @@ pub fn deployment_url(endpoint: &Url, deployment: &str, operation: &str, api_ver
     url
 }
 
-/// One deployment on an Azure OpenAI resource: where to POST and how to authenticate.
-#[derive(Debug, Clone)]
-struct Deployment {
-    transport: Transport,
-    url: Url,
-    name: String,
-    credential: AzureCredential,
+/// `{endpoint}/openai/v1/{operation}`: the v1 API, which takes the deployment in the body.
+pub fn v1_url(endpoint: &Url, operation: &str) -> Url {
+    let mut url = endpoint.clone();
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments
+            .pop_if_empty()
+            .extend(["openai", "v1"])
+            .extend(operation.split('/'));
+    }
+    url.set_query(None);
+    url
 }
 
-impl Deployment {
-    fn new(
-        transport: Transport,
-        endpoint: &Url,
-        name: &str,
-        operation: &str,
-        api_version: &str,
-        credential: AzureCredential,
-    ) -> Self {
-        Self {
-            transport,
-            url: deployment_url(endpoint, name, operation, api_version),
-            name: name.to_owned(),
-            credential,
-        }
-    }
-
-    /// POSTs `body` (with retries) and returns a successful answer's body.
-    async fn post(&self, body: &impl serde::Serialize, ctx: &CallContext) -> Result<Vec<u8>, UpstreamError> {
-        let auth = self.credential.header().await?;
-        let response = self
-            .transport
-            .send(BACKEND, ctx, || {
-                auth.apply(self.transport.client().post(self.url.clone()).json(body))
-            })
-            .await?;
-        if response.status.is_success() {
-            return Ok(response.body);
-        }
-        Err(match response.status.as_u16() {
-            400 => classify_bad_request(&response.body),
-            status @ (401 | 403) => UpstreamError::Unauthorized {
-                status,
-                entra: self.credential.is_entra(),
-            },
-            404 => UpstreamError::NotFound {
-                name: self.name.clone(),
-            },
-            status => UpstreamError::Status { status },
-        })
+/// The pool member for one configured deployment and `operation` (`chat/completions`,
+/// `images/generations`).
+pub fn target(deployment: &DeploymentSettings, operation: &str, auth: &AzureAuth) -> Target {
+    let (url, model) = match &deployment.api_version {
+        ApiVersion::V1 => (
+            v1_url(&deployment.endpoint, operation),
+            Some(deployment.deployment.clone()),
+        ),
+        ApiVersion::Dated(version) => (
+            deployment_url(&deployment.endpoint, &deployment.deployment, operation, version),
+            None,
+        ),
+    };
+    let auth = match (auth, &deployment.api_key) {
+        (AzureAuth::Entra(tokens), _) => Auth::Entra(Arc::clone(tokens)),
+        (AzureAuth::ApiKey(_), Some(own)) => Auth::ApiKey(own.clone()),
+        (AzureAuth::ApiKey(Some(shared)), None) => Auth::ApiKey(shared.clone()),
+        // Settings refuse a key-mode deployment without any key; sending none gets a 401 that says so.
+        (AzureAuth::ApiKey(None), None) => Auth::None,
+    };
+    Target {
+        name: deployment.deployment.clone(),
+        endpoint: deployment.endpoint_label(),
+        url,
+        model,
+        auth,
     }
 }
 
-/// A chat deployment on Azure OpenAI.
-#[derive(Debug, Clone)]
-pub struct AzureChat(Deployment);
-
-impl AzureChat {
-    /// A client for `deployment` at `endpoint`.
-    pub fn new(
-        transport: Transport,
-        endpoint: &Url,
-        deployment: &str,
-        api_version: &str,
-        credential: AzureCredential,
-    ) -> Self {
-        Self(Deployment::new(
-            transport,
-            endpoint,
-            deployment,
-            "chat/completions",
-            api_version,
-            credential,
-        ))
-    }
-}
+/// The chat pool on Azure OpenAI.
+#[derive(Debug)]
+pub struct AzureChat(pub Pool);
 
 #[async_trait::async_trait]
 impl ChatModel for AzureChat {
-    #[tracing::instrument(name = "azure_chat", skip_all, fields(deployment = %self.0.name))]
+    #[tracing::instrument(name = "azure_chat", skip_all)]
     async fn complete(
         &self,
         prompt: &ChatPrompt,
         _: &ProductFacts,
         ctx: &CallContext,
     ) -> Result<String, UpstreamError> {
-        let body = self.0.post(&ChatCompletionRequest::new(prompt, None), ctx).await?;
-        parse_chat_completion(&body)
+        let body = serde_json::to_value(ChatCompletionRequest::new(prompt, None))
+            .map_err(|err| UpstreamError::InvalidResponse(format!("could not encode the request: {err}")))?;
+        parse_chat_completion(&self.0.post(&body, ctx).await?)
     }
 }
 
@@ -177,33 +111,13 @@ struct ImageGenerationRequest<'a> {
     size: &'static str,
 }
 
-/// An image deployment on Azure OpenAI (gpt-image or DALL-E).
-#[derive(Debug, Clone)]
-pub struct AzureImage(Deployment);
-
-impl AzureImage {
-    /// A client for the image `deployment` at `endpoint`.
-    pub fn new(
-        transport: Transport,
-        endpoint: &Url,
-        deployment: &str,
-        api_version: &str,
-        credential: AzureCredential,
-    ) -> Self {
-        Self(Deployment::new(
-            transport,
-            endpoint,
-            deployment,
-            "images/generations",
-            api_version,
-            credential,
-        ))
-    }
-}
+/// The image pool on Azure OpenAI (gpt-image or DALL-E).
+#[derive(Debug)]
+pub struct AzureImage(pub Pool);
 
 #[async_trait::async_trait]
 impl ImageModel for AzureImage {
-    #[tracing::instrument(name = "azure_image", skip_all, fields(deployment = %self.0.name))]
+    #[tracing::instrument(name = "azure_image", skip_all)]
     async fn generate(
         &self,
         prompt: &str,
@@ -215,14 +129,26 @@ impl ImageModel for AzureImage {
             n: 1,
             size: "1024x1024",
         };
-        let body = self.0.post(&request, ctx).await?;
-        parse_image_generation(&body)
+        let body = serde_json::to_value(request)
+            .map_err(|err| UpstreamError::InvalidResponse(format!("could not encode the request: {err}")))?;
+        parse_image_generation(&self.0.post(&body, ctx).await?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_urls_carry_no_deployment_and_no_api_version() {
+        for endpoint in ["https://myaoai.openai.azure.com/", "https://myaoai.openai.azure.com"] {
+            let endpoint = Url::parse(endpoint).unwrap();
+            assert_eq!(
+                v1_url(&endpoint, "chat/completions").as_str(),
+                "https://myaoai.openai.azure.com/openai/v1/chat/completions"
+            );
+        }
+    }
 
     #[test]
     fn deployment_urls_are_joined_not_concatenated() {

@@ -7,6 +7,7 @@
 pub mod azure;
 pub mod offline;
 pub mod openai;
+pub mod pool;
 pub mod transport;
 
 use std::time::Duration;
@@ -23,7 +24,7 @@ pub struct ChatPrompt {
     /// The user message.
     pub user: String,
     /// Sampling temperature.
-    pub temperature: f32,
+    pub temperature: f64,
 }
 
 /// Structured input of a description, for the offline generator (which cannot read prose).
@@ -116,6 +117,12 @@ pub enum UpstreamError {
         /// The upstream's last `retry-after`, when it gave one.
         retry_after: Option<Duration>,
     },
+    /// Every deployment's circuit is open after repeated failures; none is tried until then.
+    #[error("every deployment is failing; their circuits are open")]
+    CircuitOpen {
+        /// When the first circuit lets a trial request through.
+        retry_after: Duration,
+    },
     /// 5xx or another unexpected status after retries.
     #[error("upstream answered status {status}")]
     Status {
@@ -157,7 +164,7 @@ pub struct ChatCompletionRequest<'a> {
     /// System then user message.
     pub messages: [WireMessage<'a>; 2],
     /// Sampling temperature.
-    pub temperature: f32,
+    pub temperature: f64,
 }
 
 impl<'a> ChatCompletionRequest<'a> {

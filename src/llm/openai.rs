@@ -2,15 +2,13 @@
 //! organisation) and a local server in the cluster (KAITO, vLLM, Ollama),
 //! whose model is discovered with `GET {base}/models`.
 
-use reqwest::RequestBuilder;
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 use url::Url;
 
 use super::{
-    CallContext, ChatCompletionRequest, ChatModel, ChatPrompt, ProductFacts, Transport, UpstreamError,
-    classify_bad_request, parse_chat_completion,
+    CallContext, ChatCompletionRequest, ChatModel, ChatPrompt, ProductFacts, UpstreamError, parse_chat_completion,
+    pool::{Auth, Pool, Target},
 };
 
 /// Which model to ask for.
@@ -25,15 +23,13 @@ enum ModelChoice {
     },
 }
 
-/// A chat client for any OpenAI-compatible API.
+/// A chat client for any OpenAI-compatible API: a pool of one, so it retries as Azure's do.
 #[derive(Debug)]
 pub struct OpenAiCompatible {
-    backend: &'static str,
-    transport: Transport,
-    base: Url,
-    api_key: Option<SecretString>,
-    organization: Option<String>,
+    pool: Pool,
     model: ModelChoice,
+    /// `{base}/models`, where a local server lists its models.
+    models_url: Url,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,56 +42,55 @@ struct ModelEntry {
     id: String,
 }
 
+/// `{base}/{path}`, joined by segments.
+pub fn join(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty().extend(path.split('/'));
+    }
+    url
+}
+
+/// `host:port` of a URL, for labels.
+fn endpoint_label(url: &Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or("unknown"),
+        url.port_or_known_default().unwrap_or(0)
+    )
+}
+
 impl OpenAiCompatible {
-    /// The public OpenAI API.
-    pub fn openai(
-        transport: Transport,
-        base: Url,
-        api_key: SecretString,
-        organization: Option<String>,
-        model: &str,
-    ) -> Self {
-        Self {
-            backend: "openai",
-            transport,
-            base,
-            api_key: Some(api_key),
-            organization,
-            model: ModelChoice::Fixed(model.to_owned()),
+    /// The pool member for the chat endpoint under `base`.
+    pub fn target(base: &Url, model: Option<&str>, auth: Auth) -> Target {
+        Target {
+            name: model.unwrap_or("local").to_owned(),
+            endpoint: endpoint_label(base),
+            url: join(base, "chat/completions"),
+            model: model.map(str::to_owned),
+            auth,
         }
     }
 
-    /// A local OpenAI-compatible server; `model` is picked from its `/models` list.
-    pub fn local(transport: Transport, base: Url, model: Option<String>) -> Self {
+    /// The public OpenAI API at `base`, on a pool built with [`OpenAiCompatible::target`].
+    pub fn openai(pool: Pool, base: &Url, model: &str) -> Self {
         Self {
-            backend: "local",
-            transport,
-            base,
-            api_key: None,
-            organization: None,
+            pool,
+            model: ModelChoice::Fixed(model.to_owned()),
+            models_url: join(base, "models"),
+        }
+    }
+
+    /// A local OpenAI-compatible server at `base`; `model` is picked from its `/models` list.
+    pub fn local(pool: Pool, base: &Url, model: Option<String>) -> Self {
+        Self {
+            pool,
             model: ModelChoice::Discovered {
                 preferred: model,
                 resolved: OnceCell::new(),
             },
+            models_url: join(base, "models"),
         }
-    }
-
-    fn url(&self, path: &str) -> Url {
-        let mut url = self.base.clone();
-        if let Ok(mut segments) = url.path_segments_mut() {
-            segments.pop_if_empty().extend(path.split('/'));
-        }
-        url
-    }
-
-    fn authorize(&self, mut request: RequestBuilder) -> RequestBuilder {
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key.expose_secret());
-        }
-        if let Some(org) = &self.organization {
-            request = request.header("OpenAI-Organization", org);
-        }
-        request
     }
 
     async fn model(&self, ctx: &CallContext) -> Result<String, UpstreamError> {
@@ -109,19 +104,14 @@ impl OpenAiCompatible {
     }
 
     async fn discover(&self, preferred: Option<&str>, ctx: &CallContext) -> Result<String, UpstreamError> {
-        let url = self.url("models");
-        let response = self
-            .transport
-            .send(self.backend, ctx, || {
-                self.authorize(self.transport.client().get(url.clone()))
+        let models = &self.models_url;
+        let body = self
+            .pool
+            .send(ctx, |target, client| async move {
+                target.auth.apply(client.get(models.clone())).await
             })
             .await?;
-        if !response.status.is_success() {
-            return Err(UpstreamError::Status {
-                status: response.status.as_u16(),
-            });
-        }
-        let list: ModelList = serde_json::from_slice(&response.body)
+        let list: ModelList = serde_json::from_slice(&body)
             .map_err(|err| UpstreamError::InvalidResponse(format!("GET /models did not return a model list: {err}")))?;
         let ids: Vec<String> = list.data.into_iter().map(|m| m.id).collect();
         let chosen = match preferred {
@@ -147,7 +137,7 @@ impl OpenAiCompatible {
 
 #[async_trait::async_trait]
 impl ChatModel for OpenAiCompatible {
-    #[tracing::instrument(name = "openai_chat", skip_all, fields(backend = self.backend))]
+    #[tracing::instrument(name = "openai_chat", skip_all)]
     async fn complete(
         &self,
         prompt: &ChatPrompt,
@@ -155,20 +145,13 @@ impl ChatModel for OpenAiCompatible {
         ctx: &CallContext,
     ) -> Result<String, UpstreamError> {
         let model = self.model(ctx).await?;
-        let body = ChatCompletionRequest::new(prompt, Some(&model));
-        let url = self.url("chat/completions");
-        let response = self
-            .transport
-            .send(self.backend, ctx, || {
-                self.authorize(self.transport.client().post(url.clone()).json(&body))
-            })
-            .await?;
-        match response.status.as_u16() {
-            200..=299 => parse_chat_completion(&response.body),
-            400 => Err(classify_bad_request(&response.body)),
-            status @ (401 | 403) => Err(UpstreamError::Unauthorized { status, entra: false }),
-            404 => Err(UpstreamError::NotFound { name: model }),
-            status => Err(UpstreamError::Status { status }),
-        }
+        let body = serde_json::to_value(ChatCompletionRequest::new(prompt, Some(&model)))
+            .map_err(|err| UpstreamError::InvalidResponse(format!("could not encode the request: {err}")))?;
+        let answer = self.pool.post(&body, ctx).await.map_err(|err| match err {
+            // The pool names its target; a local server's target has no model name of its own.
+            UpstreamError::NotFound { .. } => UpstreamError::NotFound { name: model.clone() },
+            other => other,
+        })?;
+        parse_chat_completion(&answer)
     }
 }

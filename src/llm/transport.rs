@@ -1,12 +1,27 @@
-//! Sending one upstream request within the caller's budget: retries with backoff
-//! and jitter on 429, 5xx and connection failures, honouring `retry-after-ms`
-//! and `retry-after` (plus a little spread), never past the deadline, and a cap
-//! on the body size.
+//! One upstream attempt: send the request, read the answer within a size cap, and
+//! say what happened; plus the hints and waits the pool uses between attempts.
+//!
+//! # Timeouts
+//!
+//! They nest, each inside the one before:
+//!
+//! 1. the **route budget** (`DESCRIPTION_TIMEOUT_SECONDS` 40 s, `IMAGE_TIMEOUT_SECONDS`
+//!    230 s; below the store-admin's 45 s and 240 s) bounds the whole request: every
+//!    attempt, every wait for a cooldown, every backoff (`routes::Generation`);
+//! 2. the **attempt timeout** (`DESCRIPTION_ATTEMPT_TIMEOUT_SECONDS` 20 s,
+//!    `IMAGE_ATTEMPT_TIMEOUT_SECONDS` 115 s) bounds one attempt on one deployment, after
+//!    which the pool tries the next (`pool::Pool`). The Microsoft Entra token is taken
+//!    inside the attempt, so a slow token endpoint counts against it, and the token is
+//!    fresh for every attempt, however long the request waited before it;
+//! 3. the **connect timeout** (`UPSTREAM_CONNECT_TIMEOUT_SECONDS` 5 s) bounds TCP and TLS
+//!    set-up inside an attempt (the client, built once in `services`).
+//!
+//! A token fetch that does reach Entra has its own limits inside all of these
+//! (`credential`: 8 s for Entra and IMDS, 10 s for the CLI).
 
 use std::time::Duration;
 
 use reqwest::{RequestBuilder, StatusCode, header::HeaderMap};
-use tokio::time::Instant;
 
 use super::UpstreamError;
 use crate::metrics::Metrics;
@@ -25,7 +40,7 @@ const MAX_RETRY_HINT: Duration = Duration::from_secs(24 * 60 * 60);
 #[derive(Debug, Clone)]
 pub struct CallContext {
     /// When the caller's budget runs out.
-    pub deadline: Instant,
+    pub deadline: tokio::time::Instant,
     /// The caller's `x-request-id`, forwarded upstream.
     pub request_id: Option<String>,
 }
@@ -34,49 +49,41 @@ impl CallContext {
     /// A context with `budget` from now.
     pub fn with_budget(budget: Duration, request_id: Option<String>) -> Self {
         Self {
-            deadline: Instant::now() + budget,
+            deadline: tokio::time::Instant::now() + budget,
             request_id,
         }
     }
 }
 
-/// A buffered upstream answer.
-#[derive(Debug)]
-pub struct UpstreamResponse {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Body bytes (at most 16 MiB).
-    pub body: Vec<u8>,
-}
-
-/// The shared HTTP client of all upstream calls, with its retry policy.
+/// The shared HTTP client of all upstream calls, and the per-attempt metrics.
 #[derive(Debug, Clone)]
 pub struct Transport {
     client: reqwest::Client,
-    max_retries: u32,
     metrics: Metrics,
 }
 
-enum Attempt {
-    /// An answer for the caller to interpret.
-    Done(UpstreamResponse),
-    /// A failure worth another attempt (429, 5xx, connection failure).
-    Retry {
-        wait: Option<Duration>,
-        last: UpstreamError,
+/// How one attempt ended.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The upstream answered; its body is read.
+    Answered {
+        /// HTTP status.
+        status: StatusCode,
+        /// Body bytes (at most 16 MiB).
+        body: Vec<u8>,
+        /// `retry-after-ms` / `retry-after`, when the answer had one.
+        retry_after: Option<Duration>,
     },
-    /// A failure that another attempt would not change, with its metrics label.
-    Fail(&'static str, UpstreamError),
+    /// The connection failed or broke: another deployment (or a later try) may work.
+    Broken(UpstreamError),
+    /// Trying again cannot help: the request could not be built, or the answer is too large.
+    Refused(&'static str, UpstreamError),
 }
 
 impl Transport {
-    /// Wraps a client built at startup (with its connect timeout).
-    pub fn new(client: reqwest::Client, max_retries: u32, metrics: Metrics) -> Self {
-        Self {
-            client,
-            max_retries,
-            metrics,
-        }
+    /// Wraps the client built at startup (with its connect timeout).
+    pub fn new(client: reqwest::Client, metrics: Metrics) -> Self {
+        Self { client, metrics }
     }
 
     /// The underlying client, to build requests.
@@ -84,99 +91,36 @@ impl Transport {
         &self.client
     }
 
-    /// Sends the request built by `build` until it succeeds, fails for good, or the budget runs out.
-    /// Any status other than 429 and 5xx is returned to the caller to interpret.
-    pub async fn send(
-        &self,
-        backend: &'static str,
-        ctx: &CallContext,
-        build: impl Fn() -> RequestBuilder,
-    ) -> Result<UpstreamResponse, UpstreamError> {
-        let mut attempt: u32 = 0;
-        loop {
-            attempt += 1;
-            let mut request = build();
-            if let Some(id) = &ctx.request_id {
-                request = request.header("x-request-id", id);
-            }
-            let started = Instant::now();
-            let outcome = tokio::time::timeout_at(ctx.deadline, self.attempt(request)).await;
-            let elapsed_ms = started.elapsed().as_millis() as u64;
-            let (wait, last) = match outcome {
-                Err(_) => {
-                    self.metrics.upstream_request(backend, "timeout");
-                    tracing::debug!(backend, attempt, elapsed_ms, "upstream call timed out");
-                    return Err(UpstreamError::Timeout);
-                }
-                Ok(Attempt::Fail(label, error)) => {
-                    self.metrics.upstream_request(backend, label);
-                    tracing::debug!(backend, attempt, elapsed_ms, error = %error, "upstream attempt failed for good");
-                    return Err(error);
-                }
-                Ok(Attempt::Done(response)) => {
-                    self.metrics.upstream_request(backend, response.status.as_str());
-                    tracing::debug!(
-                        backend,
-                        attempt,
-                        status = response.status.as_u16(),
-                        elapsed_ms,
-                        "upstream answered"
-                    );
-                    return Ok(response);
-                }
-                Ok(Attempt::Retry { wait, last }) => {
-                    let label = match &last {
-                        UpstreamError::Throttled { .. } => "429",
-                        UpstreamError::Status { status } => status_label(*status),
-                        _ => "connect_error",
-                    };
-                    self.metrics.upstream_request(backend, label);
-                    tracing::debug!(backend, attempt, outcome = label, elapsed_ms, "upstream attempt failed");
-                    (wait, last)
-                }
-            };
-            if attempt > self.max_retries {
-                return Err(last);
-            }
-            let wait = match wait {
-                // Never earlier than asked, but spread out so throttled callers do not return in lockstep.
-                Some(hint) => hint + spread(hint),
-                None => backoff(attempt),
-            };
-            let resume = Instant::now().checked_add(wait);
-            if resume.is_none_or(|at| at >= ctx.deadline) {
-                // Waiting would outlast the caller: answer now with what we know.
-                return Err(last);
-            }
-            self.metrics.retry(backend);
-            tracing::info!(
-                backend,
-                attempt,
-                wait_ms = wait.as_millis() as u64,
-                "retrying upstream call"
-            );
-            tokio::time::sleep(wait).await;
-        }
+    /// The metrics the pools report to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
-    async fn attempt(&self, request: RequestBuilder) -> Attempt {
+    /// Sends one request and reads the answer; counts it under `backend` in the metrics.
+    pub async fn attempt(&self, backend: &'static str, request: RequestBuilder) -> Attempt {
+        let attempt = self.send(request).await;
+        let label = match &attempt {
+            Attempt::Answered { status, .. } => status_label(*status),
+            Attempt::Broken(_) => "connect_error",
+            Attempt::Refused(label, _) => label,
+        };
+        self.metrics.upstream_request(backend, label);
+        attempt
+    }
+
+    async fn send(&self, request: RequestBuilder) -> Attempt {
         let mut response = match request.send().await {
             Ok(response) => response,
             // A request we could not even build fails the same way every time.
             Err(err) if err.is_builder() => {
-                return Attempt::Fail("request_error", UpstreamError::Unreachable(describe(&err)));
+                return Attempt::Refused("request_error", UpstreamError::Unreachable(describe(&err)));
             }
-            Err(err) => {
-                return Attempt::Retry {
-                    wait: None,
-                    last: UpstreamError::Unreachable(describe(&err)),
-                };
-            }
+            Err(err) => return Attempt::Broken(UpstreamError::Unreachable(describe(&err))),
         };
         let status = response.status();
         let retry_after = retry_after(response.headers());
         let too_large = || {
-            Attempt::Fail(
+            Attempt::Refused(
                 "too_large",
                 UpstreamError::InvalidResponse(format!(
                     "the answer (status {}) is larger than {} MiB",
@@ -199,52 +143,48 @@ impl Transport {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(err) => {
-                    return Attempt::Retry {
-                        wait: None,
-                        last: UpstreamError::Unreachable(describe(&err)),
-                    };
-                }
+                Err(err) => return Attempt::Broken(UpstreamError::Unreachable(describe(&err))),
             }
         }
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            return Attempt::Retry {
-                wait: retry_after,
-                last: UpstreamError::Throttled { retry_after },
-            };
+        Attempt::Answered {
+            status,
+            body,
+            retry_after,
         }
-        if status.is_server_error() {
-            return Attempt::Retry {
-                wait: retry_after,
-                last: UpstreamError::Status {
-                    status: status.as_u16(),
-                },
-            };
-        }
-        Attempt::Done(UpstreamResponse { status, body })
     }
 }
 
-fn status_label(status: u16) -> &'static str {
-    match status {
+/// A bounded set of metric labels: the statuses the pool acts on by name, the rest by class.
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        429 => "429",
         500 => "500",
         502 => "502",
         503 => "503",
         504 => "504",
-        _ => "5xx",
+        201..=299 => "2xx",
+        300..=399 => "3xx",
+        501..=599 => "5xx",
+        _ => "4xx",
     }
 }
 
 /// Exponential backoff with full jitter between half and all of the step.
-fn backoff(attempt: u32) -> Duration {
+pub fn backoff(attempt: u32) -> Duration {
     let step = BASE_BACKOFF
         .saturating_mul(1 << attempt.saturating_sub(1).min(8))
         .min(MAX_BACKOFF);
     step.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
-/// Up to 10% (at most 1 s) on top of an upstream's hint.
-fn spread(hint: Duration) -> Duration {
+/// Up to 10% (at most 1 s) on top of an upstream's hint, so callers that waited for the
+/// same hint do not return in lockstep.
+pub fn spread(hint: Duration) -> Duration {
     hint.mul_f64(fastrand::f64() / 10.0).min(Duration::from_secs(1))
 }
 

@@ -6,11 +6,11 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::{
-    AppState,
     error::{AppError, Operation, ValidationIssue},
     extract::{AppJson, Fields, FromJsonBody},
     llm::{ChatPrompt, ProductFacts},
     routes::{ErrorBody, Generation, ValidationErrorBody},
+    state::AppState,
 };
 
 /// Kept verbatim from the original so descriptions keep their style.

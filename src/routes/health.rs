@@ -5,7 +5,7 @@ use axum::{Json, extract::State};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::AppState;
+use crate::state::AppState;
 
 /// The health document; `status`, `version` and `capabilities` keep the original's meaning.
 #[derive(Debug, Serialize, ToSchema)]

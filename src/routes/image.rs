@@ -6,11 +6,11 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::{
-    AppState,
-    error::{AppError, Operation, ValidationIssue},
+    error::{AppError, Failure, Operation, ValidationIssue},
     extract::{AppJson, Fields, FromJsonBody},
     llm::ProductFacts,
-    routes::{ErrorBody, Generation, ValidationErrorBody, description::MAX_NAME_CHARS},
+    routes::{ErrorBody, Generation, ValidationErrorBody, description::MAX_NAME_CHARS, request_id},
+    state::AppState,
 };
 
 /// Longest accepted description, in characters: the prompt must stay under DALL-E 3's 4,000.
@@ -83,7 +83,13 @@ pub async fn generate_image(
     headers: HeaderMap,
     AppJson(request): AppJson<ImageRequest>,
 ) -> Result<Json<ImageResponse>, AppError> {
-    let model = state.image.clone().ok_or(AppError::ImageNotConfigured)?;
+    let model = state.image.clone().ok_or_else(|| {
+        AppError::generation(
+            Operation::Image,
+            request_id(&headers).as_deref(),
+            Failure::ImageNotConfigured,
+        )
+    })?;
     let prompt = image_prompt(&request.name, &request.description);
     let facts = ProductFacts {
         name: request.name,

@@ -21,16 +21,18 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::sync::Semaphore;
 
 use crate::{
-    AppState,
-    error::{AppError, Operation},
+    error::{AppError, Failure, Operation},
     llm::{CallContext, UpstreamError},
+    state::AppState,
 };
 
 /// An error answered with a sentence.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// A sentence the store-admin shows to a person.
-    #[schema(example = "Error generating description: the model did not answer in time; try again.")]
+    #[schema(
+        example = "the model is receiving too many requests right now; try again in about 12 seconds (request 6ed9b964)."
+    )]
     pub detail: String,
 }
 
@@ -132,21 +134,23 @@ impl Generation<'_> {
     where
         F: Future<Output = Result<T, UpstreamError>>,
     {
+        let request_id = request_id(self.headers);
+        let operation = self.operation;
+        let fail = |failure: Failure| AppError::generation(operation, request_id.as_deref(), failure);
         let _slot = self
             .slots
             .clone()
             .try_acquire_owned()
-            .map_err(|_| AppError::Overloaded)?;
-        let ctx = CallContext::with_budget(self.budget, request_id(self.headers));
-        let operation = self.operation;
+            .map_err(|_| fail(Failure::Overloaded))?;
+        let ctx = CallContext::with_budget(self.budget, request_id.clone());
         tokio::time::timeout_at(ctx.deadline, call(ctx.clone()))
             .await
-            .map_err(|_| AppError::Timeout { operation })?
-            .map_err(|source| AppError::Upstream { operation, source })
+            .map_err(|_| fail(Failure::Timeout))?
+            .map_err(|source| fail(Failure::Upstream(source)))
     }
 }
 
-/// The caller's (or generated) `x-request-id`.
+/// The request's `x-request-id` (set by the request-id layer when the caller sent none).
 pub fn request_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get("x-request-id")

@@ -599,3 +599,24 @@ pub fn unsigned_jwt(claims: &Value) -> (String, String) {
 pub fn unix_time(offset: i64) -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp() + offset
 }
+
+/// A failure's `detail`, checked for the shape the store-admin needs: one clause that completes
+/// its "Unable to generate description: " (or image) without repeating it, ending with the
+/// request's short id, ` (request 6ed9b964).`. Returns the clause without the id.
+pub fn failure_clause(detail: &str) -> &str {
+    let (clause, id) = detail
+        .rsplit_once(" (request ")
+        .unwrap_or_else(|| panic!("no request id at the end: {detail}"));
+    let id = id
+        .strip_suffix(").")
+        .unwrap_or_else(|| panic!("the request id does not close the sentence: {detail}"));
+    assert!(
+        id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "not a short request id: {id:?} in {detail}"
+    );
+    assert!(
+        !clause.starts_with("Error generating") && !clause.starts_with("Unable to generate"),
+        "repeats the store-admin's prefix: {detail}"
+    );
+    clause
+}
