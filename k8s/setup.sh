@@ -661,7 +661,7 @@ do_teardown() {
     # may hold other workloads.
     change kubectl delete --namespace "$SERVICE_ACCOUNT_NAMESPACE" --ignore-not-found \
       "deployment/$APP" "service/$APP" "serviceaccount/$SERVICE_ACCOUNT_NAME" \
-      "horizontalpodautoscaler/$APP" "poddisruptionbudget/$APP" ||
+      "horizontalpodautoscaler/$APP" "poddisruptionbudget/$APP" "networkpolicy/$APP" ||
       die "kubectl delete failed (see the error above)."
   fi
 

@@ -138,6 +138,28 @@ def main(base_path, extras_path, setup_path, dockerfile_path, static_test_path):
           pdb.get("apiVersion") == "policy/v1" and pdb["spec"].get("minAvailable") == 1
           and all(labels.get(k) == v for k, v in pdb["spec"]["selector"]["matchLabels"].items()), pdb)
 
+    nps = ek.get("NetworkPolicy") or []
+    np = nps[0] if nps else {"spec": {}}
+    nspec = np["spec"]
+    check("extras: one networking.k8s.io/v1 NetworkPolicy selects the ai-service pods, for ingress and egress",
+          len(nps) == 1 and np.get("apiVersion") == "networking.k8s.io/v1"
+          and nspec.get("podSelector", {}).get("matchLabels") == {"app": "ai-service"} and labels.get("app") == "ai-service"
+          and sorted(nspec.get("policyTypes", [])) == ["Egress", "Ingress"], np)
+    ingress = nspec.get("ingress", [])
+    check("extras: ingress is port 5001 (the container's http port) only, in one rule",
+          len(ingress) == 1 and ingress[0].get("ports") == [{"protocol": "TCP", "port": 5001}] and ports.get("http") == 5001,
+          ingress)
+    check("extras: ingress only from the product-service's pods and the ama-metrics replica pods in kube-system",
+          len(ingress) == 1 and ingress[0].get("from") == [
+              {"podSelector": {"matchLabels": {"app": "product-service"}}},
+              {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+               "podSelector": {"matchLabels": {"rsName": "ama-metrics"}}}], ingress)
+    egress = nspec.get("egress", [])
+    allowed = sorted((p.get("protocol", "TCP"), p["port"]) for rule in egress for p in rule.get("ports", []))
+    check("extras: egress only to DNS (53 UDP and TCP) and HTTPS (443), every rule limited to its ports",
+          egress and all(rule.get("ports") for rule in egress)
+          and allowed == [("TCP", 53), ("TCP", 443), ("UDP", 53)], egress)
+
     # setup.sh fills placeholders by literal substitution: each must be in
     # the rendered manifests, or setup.sh would silently leave it unfilled.
     rendered = open(base_path).read()

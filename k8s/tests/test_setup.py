@@ -340,6 +340,10 @@ def test_teardown(w):
           not state["identities"] and not state["federatedCredentials"] and not state["roleAssignments"], state)
     check("--teardown deletes the ServiceAccount, Deployment and Service",
           not any(w.k8s_objects("default", k) for k in ("serviceaccount", "deployment", "service", "pod")))
+    delete = r.call("kubectl", "delete")
+    check("--teardown also deletes the extras: autoscaler, disruption budget and network policy",
+          {"horizontalpodautoscaler/ai-service", "poddisruptionbudget/ai-service", "networkpolicy/ai-service"} <= set(delete),
+          delete)
     fic, role, ident = (r.find("az", "identity", "federated-credential", "delete"), r.find("az", "role", "assignment", "delete"),
                         r.find("az", "identity", "delete"))
     check("--teardown deletes the role assignment and credential before the identity",
