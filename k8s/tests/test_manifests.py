@@ -7,6 +7,7 @@ where BASE.yaml and EXTRAS.yaml are `kubectl kustomize k8s/` and
 line per check (k8s/test.sh counts them) and exits 1 if any failed.
 """
 
+import os
 import re
 import sys
 
@@ -85,8 +86,13 @@ def main(base_path, extras_path, setup_path, dockerfile_path, static_test_path):
     check("no environment variable is named like a key, secret, password or token", not secretish, f"found {secretish}")
     check("nothing is loaded from a Secret (no envFrom, no secretKeyRef)",
           "envFrom" not in c and not any("secretKeyRef" in (e.get("valueFrom") or {}) for e in env.values()))
-    check("image is the aks-store-demo ai-service image",
-          c["image"] == "ghcr.io/azure-samples/aks-store-demo/ai-service:latest", c["image"])
+    check("image is this repository's ai-service in a registry to fill in (setup.sh builds and sets it)",
+          c["image"] == "YOUR-REGISTRY.azurecr.io/ai-service:YOUR-TAG", c["image"])
+    k8s_dir = os.path.dirname(os.path.abspath(setup_path))
+    sources = [os.path.join(d, f) for d in (k8s_dir, os.path.join(k8s_dir, "extras"))
+               for f in sorted(os.listdir(d)) if f.endswith(".yaml")]
+    naming = [f for f in sources if "ghcr.io/azure-samples/aks-store-demo/ai-service" in open(f).read()]
+    check("no manifest names the Python original's image", len(sources) >= 8 and not naming, naming)
 
     ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
     check("container port 5001 is named http", ports.get("http") == 5001, f"ports: {ports}")
