@@ -895,6 +895,17 @@ do_verify() {
 # Prints one field of a pod: pod_field pod/NAME NAMESPACE JSONPATH.
 pod_field() { q kubectl get "$1" --namespace "$2" -o "jsonpath=$3"; }
 
+# Prints the fix for a pod that cannot pull IMAGE $1.
+pull_fix() {
+  local host=${1%%/*}
+  case $host in
+    *.azurecr.io | *.azurecr.cn | *.azurecr.us)
+      printf '%s' "az aks update --resource-group $RG_NAME --name $AKS_NAME --attach-acr ${host%%.*} (lets the cluster pull from that registry); if the tag is not in the registry, $RERUN builds it"
+      ;;
+    *) printf '%s' "let the cluster pull from $host (an imagePullSecret), or $RERUN without IMAGE to build this repository into your Azure Container Registry" ;;
+  esac
+}
+
 # The Kubernetes half of --verify; $1 is the identity's client id, if known.
 verify_kubernetes() {
   local client_id=$1 ns=$SERVICE_ACCOUNT_NAMESPACE sa annotation pods pod
@@ -925,13 +936,15 @@ verify_kubernetes() {
     problem "no pod with label app=$APP runs in namespace $ns." "$RERUN, then look at 'kubectl describe deployment/$APP --namespace $ns'"
     return 0
   fi
-  local restart="kubectl rollout restart deployment/$APP --namespace $ns"
+  local restart="kubectl rollout restart deployment/$APP --namespace $ns" pull_failed=0
   while IFS= read -r pod; do
     [[ -n $pod ]] || continue
-    local label phase ready account env_names secret_refs names_hit injected_id
+    local label phase ready account env_names secret_refs names_hit injected_id waiting image
     label=$(pod_field "$pod" "$ns" '{.metadata.labels.azure\.workload\.identity/use}' || true)
     phase=$(pod_field "$pod" "$ns" '{.status.phase}' || true)
     ready=$(pod_field "$pod" "$ns" '{.status.containerStatuses[*].ready}' || true)
+    waiting=$(pod_field "$pod" "$ns" '{.status.containerStatuses[*].state.waiting.reason}' || true)
+    image=$(pod_field "$pod" "$ns" '{.spec.containers[0].image}' || true)
     account=$(pod_field "$pod" "$ns" '{.spec.serviceAccountName}' || true)
     env_names=$(pod_field "$pod" "$ns" '{range .spec.containers[*].env[*]}{.name}{"\n"}{end}' || true)
     secret_refs=$(pod_field "$pod" "$ns" '{.spec.containers[*].envFrom[*].secretRef.name}' || true)
@@ -947,7 +960,10 @@ verify_kubernetes() {
     else
       problem "$pod runs as ServiceAccount '$account', not $SERVICE_ACCOUNT_NAME." "$RERUN"
     fi
-    if [[ $phase == Running && $ready != *false* && -n $ready ]]; then
+    if [[ " $waiting " == *" ErrImagePull "* || " $waiting " == *" ImagePullBackOff "* ]]; then
+      pull_failed=1
+      problem "$pod cannot pull its image $image (${waiting// /, })." "$(pull_fix "$image")"
+    elif [[ $phase == Running && $ready != *false* && -n $ready ]]; then
       ok "$pod is Running and ready"
     else
       problem "$pod is $phase (ready: ${ready:-unknown})." "kubectl describe $pod --namespace $ns; kubectl logs $pod --namespace $ns"
@@ -972,6 +988,24 @@ verify_kubernetes() {
       ok "$pod got a federated token from the workload identity webhook"
     fi
   done <<<"$pods"
+
+  if [[ $pull_failed == 1 ]]; then
+    note "skipping '/ai-service --version' and '/ai-service check': no container of the pod runs"
+    return 0
+  fi
+  # The image must be this service, not the Python original it replaces
+  # (which has no /ai-service) nor any other image that happens to serve 5001.
+  local version deployed
+  deployed=$(q kubectl get "deployment/$APP" --namespace "$ns" -o 'jsonpath={.spec.template.spec.containers[0].image}' || true)
+  if version=$(q kubectl exec "deployment/$APP" --namespace "$ns" -- /ai-service --version 2>&1) &&
+    [[ $version =~ ^ai-service\ [0-9] ]]; then
+    ok "the pod runs this ai-service: ${version%%$'\n'*} (image $deployed)"
+  else
+    [[ -z $version ]] || printf '%s\n' "$version" | sed 's/^/         /' >&2
+    problem "the image $deployed is not this ai-service: '/ai-service --version' does not answer 'ai-service <version>' (the Python original has no /ai-service)." \
+      "$RERUN without IMAGE (it builds this repository into your registry and deploys it), or set IMAGE to an image built from this repository"
+    return 0
+  fi
 
   local check_out
   if check_out=$(q kubectl exec "deployment/$APP" --namespace "$ns" -- /ai-service check 2>&1); then

@@ -408,6 +408,44 @@ def test_verify(healthy):
           r.rc != 0 and "AADSTS70021" in r.err and "'/ai-service check' in the pod failed" in r.err, r.detail())
 
 
+def test_verify_image(healthy):
+    acr = registry_name()
+    r = healthy.run("--verify")
+    check("--verify runs '/ai-service --version' in the pod and names the version and the image",
+          any(c[:2] == ["kubectl", "exec"] and c[-2:] == ["/ai-service", "--version"] for c in r.calls)
+          and f"ok:      the pod runs this ai-service: ai-service 0.1.0 (image {healthy.deployed_image()})" in r.err,
+          r.detail())
+    check("--verify shows the diagnostic lines of a passing '/ai-service check'",
+          "'/ai-service check' in the pod succeeded" in r.err
+          and "token: ok from WorkloadIdentityCredential (expires in 3599 s)" in r.err, r.err)
+
+    w = healthy.copy("pull-backoff")
+    pod = w.k8s_objects("default", "pod")[0]
+    path = os.path.join(w.state, "k8s", "default", "pod", pod)
+    obj = json.load(open(path))
+    obj["status"] = {"phase": "Pending", "containerStatuses": [
+        {"name": "ai-service", "image": obj["spec"]["containers"][0]["image"], "ready": False,
+         "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}
+    json.dump(obj, open(path, "w"))
+    r = w.run("--verify")
+    check("--verify fails on a pod in ImagePullBackOff, with the registry attach as the fix",
+          r.rc != 0 and f"cannot pull its image {w.deployed_image()} (ImagePullBackOff)" in r.err
+          and f"fix: az aks update --resource-group myResourceGroup --name myAKSCluster --attach-acr {acr}" in r.err,
+          r.detail())
+    check("--verify does not exec into a pod that cannot pull its image",
+          not [c for c in r.calls if c[:2] == ["kubectl", "exec"]] and "is Pending" not in r.err, r.detail())
+
+    w = World(os.path.dirname(healthy.dir), "python-image")
+    python_image = "ghcr.io/azure-samples/aks-store-demo/ai-service:latest"
+    r = w.run(IMAGE=python_image)
+    r = w.run("--verify")
+    check("--verify fails when the running image is not this service (the Python original)",
+          r.rc != 0 and f"the image {python_image} is not this ai-service" in r.err
+          and "/ai-service: no such file or directory" in r.err, r.detail())
+    check("--verify does not run '/ai-service check' in an image that is not this service",
+          not [c for c in r.calls if c[-2:] == ["/ai-service", "check"]], r.detail())
+
+
 def test_architectures(root):
     sha = SOURCE["sha"]
     acr = registry_name()
@@ -750,6 +788,7 @@ def main():
         test_first_run_image(w, r)
         test_second_run(w)
         test_verify(w)
+        test_verify_image(w)
         test_recreated_cluster(w.copy("recreated"))
         test_teardown(w)
         test_failing_step(root)
