@@ -16,9 +16,11 @@ Usage: k8s/setup.sh [--dry-run] [--verbose] [--verify | --teardown | --help]
 Deploys the ai-service to an AKS cluster with Microsoft Entra Workload ID:
 enables the cluster's OIDC issuer and workload identity, creates a managed
 identity, gives it "Cognitive Services OpenAI User" on the Azure OpenAI
-account, federates it with the pod's ServiceAccount, and applies the
-ServiceAccount, Deployment and Service from k8s/ with the values filled in.
-Steps whose result already exists are skipped.
+account, federates it with the pod's ServiceAccount, builds this repository's
+Dockerfile in your Azure Container Registry (ACR Tasks: no local Docker),
+lets the cluster pull from that registry, and applies the ServiceAccount,
+Deployment and Service from k8s/ with the values and that image filled in.
+Steps whose result already exists are skipped, the build included.
 
 Flags:
   --dry-run    print every command; run only those that read, none that change
@@ -38,8 +40,15 @@ Settings (environment variables, defaults in brackets):
   FEDERATED_CREDENTIAL_NAME  its federated credential [myFederatedCredential]
   SERVICE_ACCOUNT_NAMESPACE  namespace of the ai-service [default]
   SERVICE_ACCOUNT_NAME       its ServiceAccount [ai-service-account]
-  IMAGE                      container image
-                             [ghcr.io/azure-samples/aks-store-demo/ai-service:latest]
+  ACR_NAME                   Azure Container Registry to build in [the only
+                             registry in RG_NAME, else a new Basic one named
+                             after the cluster]; created in RG_NAME if missing
+  IMAGE                      deploy this image instead: no build, no registry
+                             [ACR_NAME's ai-service:<git commit>]
+  PLATFORMS                  linux/amd64, linux/arm64 or both, comma-separated
+                             [those of the cluster's Linux node pools]
+  SOURCE_DIR                 the git clone to build [this script's repository]
+  BUILD_TIMEOUT              seconds one platform's build may take [7200]
   AOAI_NAME                  Azure OpenAI account [the only OpenAI or AIServices
                              account in AOAI_RG_NAME]
   AOAI_RG_NAME               its resource group [RG_NAME]
@@ -61,7 +70,11 @@ MANAGED_IDENTITY_NAME=${MANAGED_IDENTITY_NAME:-myIdentity}
 FEDERATED_CREDENTIAL_NAME=${FEDERATED_CREDENTIAL_NAME:-myFederatedCredential}
 SERVICE_ACCOUNT_NAMESPACE=${SERVICE_ACCOUNT_NAMESPACE:-default}
 SERVICE_ACCOUNT_NAME=${SERVICE_ACCOUNT_NAME:-ai-service-account}
-IMAGE=${IMAGE:-ghcr.io/azure-samples/aks-store-demo/ai-service:latest}
+ACR_NAME=${ACR_NAME:-}
+ACR_GIVEN=${ACR_NAME:+1}
+IMAGE=${IMAGE:-}
+PLATFORMS=${PLATFORMS:-}
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-7200}
 AOAI_NAME=${AOAI_NAME:-}
 AOAI_RG_NAME=${AOAI_RG_NAME:-$RG_NAME}
 AOAI_DEPLOYMENT_NAME=${AOAI_DEPLOYMENT_NAME:-}
@@ -75,12 +88,16 @@ readonly APP=ai-service
 readonly RERUN="run k8s/setup.sh"
 SUBJECT="system:serviceaccount:${SERVICE_ACCOUNT_NAMESPACE}:${SERVICE_ACCOUNT_NAME}"
 K8S_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SOURCE_DIR=${SOURCE_DIR:-$(dirname "$K8S_DIR")}
+# Set when the user names the image: then nothing is built or attached.
+IMAGE_GIVEN=${IMAGE:+1}
+readonly REPOSITORY=ai-service
 
 # The placeholders in k8s/*.yaml that this script fills in.
 readonly PH_CLIENT_ID="00000000-0000-0000-0000-000000000000"
 readonly PH_ENDPOINT="https://YOUR-AZURE-OPENAI-NAME.openai.azure.com/"
 readonly PH_DEPLOYMENT="YOUR-CHAT-DEPLOYMENT"
-readonly PH_IMAGE="ghcr.io/azure-samples/aks-store-demo/ai-service:latest"
+readonly PH_IMAGE="YOUR-REGISTRY.azurecr.io/ai-service:YOUR-TAG"
 readonly PH_NAMESPACE="namespace: default"
 readonly PH_SERVICE_ACCOUNT="ai-service-account"
 
@@ -164,12 +181,13 @@ require_tools() {
     die "kubectl is not on PATH. Install it with 'az aks install-cli' (or your package manager), then run this script again."
 }
 
+SUBSCRIPTION_ID=""
 require_login() {
-  local sub name id
+  local sub name
   sub=$(q az account show --query "[[name, id]]" -o tsv) ||
     die "The Azure CLI is not logged in. Run 'az login' (and 'az account set --subscription <id>' to pick the subscription), then run this script again."
-  IFS=$'\t' read -r name id <<<"$sub"
-  say "Subscription: $name ($id)"
+  IFS=$'\t' read -r name SUBSCRIPTION_ID <<<"$sub"
+  say "Subscription: $name ($SUBSCRIPTION_ID)"
 }
 
 # Sets AKS_NAME, finding the cluster the way the seed does when it is unset.
@@ -266,6 +284,325 @@ render_manifests() {
   printf '%s\n' "$out"
 }
 
+# --- Image ----------------------------------------------------------------------
+#
+# The image is this repository's Dockerfile, built in the user's Azure
+# Container Registry by ACR Tasks, so no Docker engine is needed here and the
+# cluster pulls from a registry it is attached to.
+#
+# Why `az acr run` with a task file rather than `az acr build`:
+#  - the Dockerfile uses BuildKit (`RUN --mount=type=cache`), and ACR Tasks
+#    build with BuildKit only when a task step sets DOCKER_BUILDKIT=1 ("ACR
+#    Tasks reference: YAML", build step); `az acr build` cannot set it
+#    (Azure/acr#721), and the classic builder rejects `--mount`;
+#  - a task step times out after 600 s unless told otherwise, too short for
+#    a cold Rust build;
+#  - `az acr run` uploads a local context filtered by its .dockerignore and,
+#    unlike `az acr build`, does not add the Dockerfile back, and our
+#    .dockerignore excludes `Dockerfile`. So the context is staged in a
+#    temporary directory with the Dockerfile renamed and given its own
+#    <name>.dockerignore (which BuildKit prefers to .dockerignore), so the
+#    image gets exactly what a local `docker build` would put in it.
+# Several architectures: a task builds one platform per `docker build
+# --platform` step, and on an agent of another architecture that needs
+# emulation, which is slow for a Rust build if the agent has it at all. So
+# each platform is its own run on an agent of that platform (`az acr run
+# --platform`), tagged <tag>-<arch>, and a last run joins them under <tag>
+# with `docker manifest create` and `docker manifest push --purge`: the
+# multi-arch recipe of "Multi-architecture images in your Azure container
+# registry" (learn.microsoft.com). `az acr build` builds one platform too.
+
+ACR_NEW=0
+ACR_LOGIN_SERVER=""
+IMAGE_TAG=""
+BUILD_PLATFORMS=()
+STAGE=""
+# The Dockerfile's name in the staged context (see above).
+readonly STAGED_DOCKERFILE=ai-service.Dockerfile
+# What the image tag looks at: the whole clone but k8s/, which is not in the
+# image (.dockerignore) and whose placeholders one may fill in by hand.
+readonly CONTEXT_PATHS=(. ':(exclude)k8s')
+
+# Sets IMAGE_TAG: the 12-character git commit of SOURCE_DIR, plus
+# "-dirty-<8 hex>" when the tree has uncommitted changes. The suffix hashes
+# those changes (the diff against HEAD and the untracked files), so a
+# rebuilt dirty tree gets a new tag whenever its content changes and the
+# same tag when it does not. A plain "-dirty" tag, rebuilt each time, would
+# leave the Deployment unchanged (no rollout) and the nodes on their cached
+# copy of the previous build.
+source_tag() {
+  local sha digest
+  command -v git >/dev/null 2>&1 ||
+    die "git is not on PATH; the image tag is the git commit. Install git, or set IMAGE to an image you built, then run this script again."
+  [[ -f $SOURCE_DIR/Dockerfile ]] ||
+    die "SOURCE_DIR '$SOURCE_DIR' has no Dockerfile. Set SOURCE_DIR to a clone of the ai-service repository (or IMAGE to an image you built), then run this script again."
+  sha=$(git -C "$SOURCE_DIR" rev-parse --short=12 HEAD) ||
+    die "Could not read the git commit of SOURCE_DIR '$SOURCE_DIR' (see the git error above), which the image tag is made of. Run the script from a git clone with a commit, or set IMAGE to an image you built, then run this script again."
+  IMAGE_TAG=$sha
+  if [[ -n $(git -C "$SOURCE_DIR" status --porcelain -- "${CONTEXT_PATHS[@]}") ]]; then
+    digest=$(tree_digest) || die "Could not hash the uncommitted changes in '$SOURCE_DIR' (see the git error above)."
+    IMAGE_TAG="$sha-dirty-$digest"
+  fi
+}
+
+# Prints 8 hex digits that change with the uncommitted content of SOURCE_DIR.
+tree_digest() {
+  local f
+  {
+    git -C "$SOURCE_DIR" diff HEAD --binary -- "${CONTEXT_PATHS[@]}"
+    git -C "$SOURCE_DIR" ls-files -z --others --exclude-standard -- "${CONTEXT_PATHS[@]}" |
+      while IFS= read -r -d '' f; do
+        printf '%s\0' "$f"
+        cat -- "$SOURCE_DIR/$f"
+      done
+  } | git hash-object --stdin | cut -c1-8
+}
+
+# Prints the registry name this script gives a cluster's registry: the
+# cluster's name in lowercase letters and digits (registry names allow
+# nothing else) and "acr" plus a checksum of subscription, resource group
+# and cluster, because registry names are global. The same cluster always
+# gets the same name, so a rerun finds the registry it created.
+registry_name_for_cluster() {
+  local base crc
+  base=$(printf '%s' "$AKS_NAME" | LC_ALL=C tr -cd '[:alnum:]' | LC_ALL=C tr '[:upper:]' '[:lower:]')
+  crc=$(printf '%s' "$SUBSCRIPTION_ID/$RG_NAME/$AKS_NAME" | cksum)
+  printf '%.39sacr%08x\n' "$base" "${crc%% *}"
+}
+
+# Stops unless ACR_NAME is free to create.
+check_registry_name() {
+  local available
+  available=$(q az acr check-name --name "$ACR_NAME" --query nameAvailable -o tsv) ||
+    die "Could not check whether the registry name '$ACR_NAME' is free (see the az error above)."
+  is_true "$available" ||
+    die "The registry name '$ACR_NAME' is taken (registry names are global across Azure). Set ACR_NAME to a free name of 5 to 50 letters and digits, or to your registry's name, then run this script again."
+}
+
+# Sets ACR_NAME and ACR_LOGIN_SERVER, and ACR_NEW=1 when the registry is
+# still to be created. Reads only.
+find_registry() {
+  local rows
+  if [[ -n $ACR_NAME ]]; then
+    ACR_NAME=$(LC_ALL=C tr '[:upper:]' '[:lower:]' <<<"$ACR_NAME")
+    [[ $ACR_NAME =~ ^[a-z0-9]{5,50}$ ]] ||
+      die "ACR_NAME '$ACR_NAME' is not a registry name: use 5 to 50 letters and digits, then run this script again."
+    rows=$(q az acr list --query "[?name=='$ACR_NAME'].loginServer" -o tsv) ||
+      die "Could not list the container registries of the subscription (see the az error above)."
+    if [[ -n $rows ]]; then
+      ACR_LOGIN_SERVER=$rows
+      return 0
+    fi
+  else
+    rows=$(q az acr list --resource-group "$RG_NAME" --query "[].[name, loginServer]" -o tsv) ||
+      die "Could not list the container registries of resource group '$RG_NAME' (see the az error above)."
+    case $(count_lines "$rows") in
+      0) ACR_NAME=$(registry_name_for_cluster) ;;
+      1)
+        IFS=$'\t' read -r ACR_NAME ACR_LOGIN_SERVER <<<"$rows"
+        return 0
+        ;;
+      *) die "Resource group '$RG_NAME' holds several container registries ($(cut -f1 <<<"$rows" | paste -sd, -)). Set ACR_NAME to the one to build the image in, then run this script again." ;;
+    esac
+  fi
+  check_registry_name
+  ACR_NEW=1
+  ACR_LOGIN_SERVER="$ACR_NAME.azurecr.io"
+}
+
+# Sets BUILD_PLATFORMS after the cluster's Linux node pools: linux/arm64 for
+# a pool of Arm64 VMs, linux/amd64 for the others. An Arm64 pool runs an
+# Arm64 node image, whose version says so (AKSUbuntu-2204gen2arm64containerd-
+# ..., AKSAzureLinux-V2gen2arm64-...). The VM size would hint too (Arm sizes
+# carry a "p": Standard_D4ps_v5), but reading size names is guesswork; the
+# node image is what the pool runs.
+find_platforms() {
+  local rows name version amd=0 arm=0 p list=()
+  BUILD_PLATFORMS=()
+  if [[ -n $PLATFORMS ]]; then
+    IFS=, read -r -a list <<<"$PLATFORMS"
+    for p in "${list[@]}"; do
+      case $p in
+        linux/amd64) amd=1 ;;
+        linux/arm64) arm=1 ;;
+        *) die "PLATFORMS names '$p': use linux/amd64, linux/arm64 or both, separated by a comma, then run this script again." ;;
+      esac
+    done
+  else
+    rows=$(q az aks nodepool list --resource-group "$RG_NAME" --cluster-name "$AKS_NAME" \
+      --query "[?osType=='Linux'].[name, nodeImageVersion]" -o tsv) ||
+      die "Could not list the node pools of cluster '$AKS_NAME' (see the az error above)."
+    while IFS=$'\t' read -r name version; do
+      [[ -n $name ]] || continue
+      case $version in
+        *arm64*) arm=1 ;;
+        *) amd=1 ;;
+      esac
+    done <<<"$rows"
+  fi
+  if [[ $amd == 1 || $arm == 0 ]]; then BUILD_PLATFORMS+=(linux/amd64); fi
+  if [[ $arm == 1 ]]; then BUILD_PLATFORMS+=(linux/arm64); fi
+}
+
+# Decides, reading only, which image to deploy and where to build it, so a
+# missing git clone or an ambiguous registry stops the script before any
+# change. Sets IMAGE.
+image_preflight() {
+  if [[ $IMAGE_GIVEN == 1 ]]; then
+    say "Image: $IMAGE (from IMAGE: nothing is built)"
+    return 0
+  fi
+  [[ $BUILD_TIMEOUT =~ ^[1-9][0-9]*$ ]] ||
+    die "BUILD_TIMEOUT '$BUILD_TIMEOUT' is not a number of seconds. Set it to one (for example 7200), then run this script again."
+  source_tag
+  find_registry
+  find_platforms
+  IMAGE="$ACR_LOGIN_SERVER/$REPOSITORY:$IMAGE_TAG"
+  local where="registry $ACR_NAME"
+  [[ $ACR_NEW == 0 ]] || where="registry $ACR_NAME, to be created"
+  say "Image: $IMAGE for ${BUILD_PLATFORMS[*]} ($where), from $SOURCE_DIR"
+}
+
+# Copies what git sees in SOURCE_DIR (tracked and untracked files, not the
+# ignored ones such as target/ or .env) to STAGE, the Dockerfile renamed to
+# STAGED_DOCKERFILE with an ignore file of its own: .dockerignore plus the
+# files this script adds.
+stage_context() {
+  STAGE="$WORK_DIR/context"
+  mkdir -p "$STAGE"
+  (
+    cd "$SOURCE_DIR"
+    git ls-files -z --cached --others --exclude-standard |
+      while IFS= read -r -d '' f; do
+        if [[ -e $f || -L $f ]]; then printf '%s\0' "$f"; fi # a deleted file stays listed until committed
+      done |
+      tar --null -T - -cf -
+  ) | tar -C "$STAGE" -xf - ||
+    die "Could not copy '$SOURCE_DIR' into a build context in $STAGE (see the error above)."
+  mv "$STAGE/Dockerfile" "$STAGE/$STAGED_DOCKERFILE"
+  {
+    if [[ -f $STAGE/.dockerignore ]]; then cat "$STAGE/.dockerignore"; fi
+    printf '%s\n' "# Added by k8s/setup.sh for ACR Tasks:" "$STAGED_DOCKERFILE" "$STAGED_DOCKERFILE.dockerignore" "acr-task-*.yaml"
+  } >"$STAGE/$STAGED_DOCKERFILE.dockerignore"
+}
+
+# Prints the ACR task that builds and pushes one platform: build_task PLATFORM TAG.
+build_task() {
+  cat <<YAML
+version: v1.1.0
+stepTimeout: $BUILD_TIMEOUT
+steps:
+  - build: -t \$Registry/$REPOSITORY:$2 --platform $1 -f $STAGED_DOCKERFILE .
+    env: ["DOCKER_BUILDKIT=1"]
+  - push: ["\$Registry/$REPOSITORY:$2"]
+YAML
+}
+
+# Prints the ACR task that joins the per-platform images under IMAGE_TAG.
+manifest_task() {
+  local p refs=""
+  for p in "${BUILD_PLATFORMS[@]}"; do refs+=" \$Registry/$REPOSITORY:$IMAGE_TAG-${p#linux/}"; done
+  cat <<YAML
+version: v1.1.0
+steps:
+  - cmd: docker manifest create \$Registry/$REPOSITORY:$IMAGE_TAG$refs
+  - cmd: docker manifest push --purge \$Registry/$REPOSITORY:$IMAGE_TAG
+YAML
+}
+
+# Prints a task file under --dry-run or --verbose: show_task FILE.
+show_task() {
+  if dry || [[ $VERBOSE == 1 ]]; then
+    note "$(basename "$1"):"
+    sed 's/^/      /' "$1" >&2
+  fi
+}
+
+readonly TASKS_UNAVAILABLE="If the error is TasksOperationsNotAllowed, this subscription cannot run ACR Tasks (Azure pauses them for free-credit subscriptions): build the image elsewhere and set IMAGE."
+
+# Builds one platform in the registry: build_platform PLATFORM TAG.
+build_platform() {
+  local task="acr-task-${1#linux/}.yaml"
+  [[ -n $STAGE ]] || stage_context
+  build_task "$1" "$2" >"$STAGE/$task"
+  show_task "$STAGE/$task"
+  change az acr run --registry "$ACR_NAME" --platform "$1" --file "$task" --timeout "$BUILD_TIMEOUT" "$STAGE" ||
+    die "Building $REPOSITORY:$2 for $1 in registry '$ACR_NAME' failed (see the log above). A compile error is the code's; a timeout wants a larger BUILD_TIMEOUT. $TASKS_UNAVAILABLE"
+}
+
+# Creates the registry if needed and builds IMAGE in it unless it has the tag.
+build_image() {
+  local tags="" repos login p arch
+  if [[ $ACR_NEW == 1 ]]; then
+    if [[ $ACR_GIVEN == 1 ]]; then
+      note "registry $ACR_NAME does not exist: creating it in $RG_NAME"
+    else
+      note "resource group $RG_NAME has no container registry: creating $ACR_NAME (named after the cluster; set ACR_NAME to use another)"
+    fi
+    login=$(change az acr create --resource-group "$RG_NAME" --name "$ACR_NAME" --sku Basic --query loginServer -o tsv) ||
+      die "Creating container registry '$ACR_NAME' failed (see the az error above). You need Contributor on resource group '$RG_NAME'."
+    if [[ -n $login ]]; then
+      ACR_LOGIN_SERVER=$login
+      IMAGE="$ACR_LOGIN_SERVER/$REPOSITORY:$IMAGE_TAG"
+    fi
+  else
+    repos=$(q az acr repository list --name "$ACR_NAME" --query "[?@=='$REPOSITORY']" -o tsv) ||
+      die "Could not list the repositories of registry '$ACR_NAME' (see the az error above). You need AcrPull, Reader or Contributor on it."
+    if [[ -n $repos ]]; then
+      tags=$(q az acr repository show-tags --name "$ACR_NAME" --repository "$REPOSITORY" -o tsv) ||
+        die "Could not list the tags of $REPOSITORY in registry '$ACR_NAME' (see the az error above)."
+    fi
+  fi
+  if grep -qxF -- "$IMAGE_TAG" <<<"$tags"; then
+    note "$IMAGE is already in the registry, skipping the build"
+    return 0
+  fi
+  note "building $SOURCE_DIR at ${IMAGE_TAG} in ACR Tasks (a first Rust build takes several minutes)"
+  if [[ ${#BUILD_PLATFORMS[@]} == 1 ]]; then
+    build_platform "${BUILD_PLATFORMS[0]}" "$IMAGE_TAG"
+    return 0
+  fi
+  for p in "${BUILD_PLATFORMS[@]}"; do
+    arch=${p#linux/}
+    if grep -qxF -- "$IMAGE_TAG-$arch" <<<"$tags"; then
+      note "$REPOSITORY:$IMAGE_TAG-$arch is already in the registry, skipping its build"
+      continue
+    fi
+    build_platform "$p" "$IMAGE_TAG-$arch"
+  done
+  manifest_task >"$WORK_DIR/acr-task-manifest.yaml"
+  show_task "$WORK_DIR/acr-task-manifest.yaml"
+  change az acr run --registry "$ACR_NAME" --file "$WORK_DIR/acr-task-manifest.yaml" /dev/null ||
+    die "Joining the ${BUILD_PLATFORMS[*]} images under $IMAGE failed (see the log above). $TASKS_UNAVAILABLE"
+}
+
+# Lets the cluster's kubelet identity pull from the registry, unless
+# `az aks check-acr` finds that it already can. check-acr runs a short-lived
+# pod in the cluster, so --dry-run prints it instead of running it.
+grant_pull() {
+  local attach=(az aks update --resource-group "$RG_NAME" --name "$AKS_NAME" --attach-acr "$ACR_NAME" -o none)
+  local out
+  if dry; then
+    if [[ $ACR_NEW == 0 ]]; then
+      change az aks check-acr --resource-group "$RG_NAME" --name "$AKS_NAME" --acr "$ACR_LOGIN_SERVER"
+      note "and only if it reports that the cluster cannot pull:"
+    fi
+    change "${attach[@]}"
+    return 0
+  fi
+  if [[ $ACR_NEW == 0 ]]; then
+    note "checking with az aks check-acr (it runs a short-lived pod in the cluster)"
+    if out=$(q az aks check-acr --resource-group "$RG_NAME" --name "$AKS_NAME" --acr "$ACR_LOGIN_SERVER" 2>&1) &&
+      [[ $out == *"can pull images from"* ]]; then
+      note "the cluster can already pull from $ACR_LOGIN_SERVER, skipping"
+      return 0
+    fi
+    printf '%s\n' "$out" | sed 's/^/      /' >&2
+  fi
+  change "${attach[@]}" ||
+    die "Attaching registry '$ACR_NAME' to cluster '$AKS_NAME' failed (see the az error above). --attach-acr gives the cluster's kubelet identity AcrPull on the registry, which needs Owner, User Access Administrator or Role Based Access Control Administrator on it."
+}
+
 # --- setup --------------------------------------------------------------------
 
 do_setup() {
@@ -279,8 +616,9 @@ do_setup() {
     die "Could not read Azure OpenAI account '$AOAI_NAME' (see the az error above)."
   [[ -n $subdomain ]] ||
     die "Azure OpenAI account '$AOAI_NAME' has no custom subdomain, which Microsoft Entra authentication requires. Add one with 'az cognitiveservices account update --name $AOAI_NAME --resource-group $AOAI_RG_NAME --custom-domain $AOAI_NAME' (it cannot be changed later), then run this script again."
+  image_preflight
 
-  say "1/9 Enable the OIDC issuer and workload identity on cluster $AKS_NAME"
+  say "1/11 Enable the OIDC issuer and workload identity on cluster $AKS_NAME"
   local enabled
   enabled=$(q az aks show --resource-group "$RG_NAME" --name "$AKS_NAME" \
     --query "oidcIssuerProfile.enabled && securityProfile.workloadIdentity.enabled" -o tsv) ||
@@ -293,7 +631,7 @@ do_setup() {
       die "Enabling the OIDC issuer and workload identity on '$AKS_NAME' failed (see the az error above). You need Contributor on the cluster; an operation already running on it must finish first."
   fi
 
-  say "2/9 Read the cluster's OIDC issuer URL"
+  say "2/11 Read the cluster's OIDC issuer URL"
   local issuer
   issuer=$(q az aks show --resource-group "$RG_NAME" --name "$AKS_NAME" \
     --query oidcIssuerProfile.issuerUrl -o tsv) ||
@@ -304,7 +642,7 @@ do_setup() {
   fi
   note "issuer: $issuer"
 
-  say "3/9 Create the managed identity $MANAGED_IDENTITY_NAME"
+  say "3/11 Create the managed identity $MANAGED_IDENTITY_NAME"
   local ids client_id principal_id identity_is_new=0
   ids=$(identity_ids) ||
     die "Could not list the managed identities of resource group '$RG_NAME' (see the az error above)."
@@ -320,10 +658,10 @@ do_setup() {
   IFS=$'\t' read -r client_id principal_id <<<"$ids"
   note "client id: $client_id, principal id: $principal_id"
 
-  say "4/9 Find the Azure OpenAI resource id"
+  say "4/11 Find the Azure OpenAI resource id"
   note "$AOAI_ID"
 
-  say "5/9 Give the identity '$ROLE_NAME' on $AOAI_NAME"
+  say "5/11 Give the identity '$ROLE_NAME' on $AOAI_NAME"
   local count=0
   if [[ $identity_is_new == 0 ]]; then
     count=$(role_assignment_count "$principal_id") ||
@@ -335,7 +673,7 @@ do_setup() {
     assign_role "$principal_id"
   fi
 
-  say "6/9 Federate the identity with ServiceAccount $SERVICE_ACCOUNT_NAMESPACE/$SERVICE_ACCOUNT_NAME"
+  say "6/11 Federate the identity with ServiceAccount $SERVICE_ACCOUNT_NAMESPACE/$SERVICE_ACCOUNT_NAME"
   local fic="" fic_issuer fic_subject
   if [[ $identity_is_new == 0 ]]; then
     fic=$(federated_credential) ||
@@ -360,12 +698,27 @@ do_setup() {
     fi
   fi
 
-  say "7/9 Get the cluster's credentials for kubectl"
+  say "7/11 Build the image $IMAGE"
+  if [[ $IMAGE_GIVEN == 1 ]]; then
+    note "IMAGE is set, skipping (make sure the cluster can pull it)"
+  else
+    build_image
+  fi
+
+  if [[ $IMAGE_GIVEN == 1 ]]; then
+    say "8/11 Let cluster $AKS_NAME pull from the registry"
+    note "IMAGE is set, skipping"
+  else
+    say "8/11 Let cluster $AKS_NAME pull from registry $ACR_NAME"
+    grant_pull
+  fi
+
+  say "9/11 Get the cluster's credentials for kubectl"
   # --overwrite-existing: a rerun must not stop at "context already exists".
   change az aks get-credentials --resource-group "$RG_NAME" --name "$AKS_NAME" --overwrite-existing ||
     die "Could not get the credentials of cluster '$AKS_NAME' (see the az error above). You need the Azure Kubernetes Service Cluster User role on it."
 
-  say "8/9 Read the Azure OpenAI endpoint and chat deployment"
+  say "10/11 Read the Azure OpenAI endpoint and chat deployment"
   local endpoint deployment
   endpoint=$(q az cognitiveservices account show --name "$AOAI_NAME" --resource-group "$AOAI_RG_NAME" \
     --query properties.endpoint -o tsv) ||
@@ -389,7 +742,7 @@ do_setup() {
   fi
   note "endpoint: $endpoint, deployment: $deployment"
 
-  say "9/9 Apply the ServiceAccount, Deployment and Service"
+  say "11/11 Apply the ServiceAccount, Deployment and Service"
   local manifests
   manifests=$(render_manifests "$client_id" "$endpoint" "$deployment")
   case $manifests in
@@ -417,7 +770,7 @@ do_setup() {
   q kubectl rollout status "deployment/$APP" --namespace "$SERVICE_ACCOUNT_NAMESPACE" --timeout "$ROLLOUT_TIMEOUT" ||
     die "The ai-service did not become ready within $ROLLOUT_TIMEOUT. Look at 'kubectl describe pod --selector app=$APP --namespace $SERVICE_ACCOUNT_NAMESPACE' and 'kubectl logs deployment/$APP --namespace $SERVICE_ACCOUNT_NAMESPACE', then run 'k8s/setup.sh --verify'."
 
-  say "Done: the ai-service runs as $MANAGED_IDENTITY_NAME (client id $client_id) with no key in the pod."
+  say "Done: the ai-service ($IMAGE) runs as $MANAGED_IDENTITY_NAME (client id $client_id) with no key in the pod."
   note "A new role assignment can take a few minutes to reach Azure OpenAI; until then requests answer 401/403."
   note "Check everything with: k8s/setup.sh --verify"
 }
@@ -542,6 +895,17 @@ do_verify() {
 # Prints one field of a pod: pod_field pod/NAME NAMESPACE JSONPATH.
 pod_field() { q kubectl get "$1" --namespace "$2" -o "jsonpath=$3"; }
 
+# Prints the fix for a pod that cannot pull IMAGE $1.
+pull_fix() {
+  local host=${1%%/*}
+  case $host in
+    *.azurecr.io | *.azurecr.cn | *.azurecr.us)
+      printf '%s' "az aks update --resource-group $RG_NAME --name $AKS_NAME --attach-acr ${host%%.*} (lets the cluster pull from that registry); if the tag is not in the registry, $RERUN builds it"
+      ;;
+    *) printf '%s' "let the cluster pull from $host (an imagePullSecret), or $RERUN without IMAGE to build this repository into your Azure Container Registry" ;;
+  esac
+}
+
 # The Kubernetes half of --verify; $1 is the identity's client id, if known.
 verify_kubernetes() {
   local client_id=$1 ns=$SERVICE_ACCOUNT_NAMESPACE sa annotation pods pod
@@ -572,13 +936,15 @@ verify_kubernetes() {
     problem "no pod with label app=$APP runs in namespace $ns." "$RERUN, then look at 'kubectl describe deployment/$APP --namespace $ns'"
     return 0
   fi
-  local restart="kubectl rollout restart deployment/$APP --namespace $ns"
+  local restart="kubectl rollout restart deployment/$APP --namespace $ns" pull_failed=0
   while IFS= read -r pod; do
     [[ -n $pod ]] || continue
-    local label phase ready account env_names secret_refs names_hit injected_id
+    local label phase ready account env_names secret_refs names_hit injected_id waiting image
     label=$(pod_field "$pod" "$ns" '{.metadata.labels.azure\.workload\.identity/use}' || true)
     phase=$(pod_field "$pod" "$ns" '{.status.phase}' || true)
     ready=$(pod_field "$pod" "$ns" '{.status.containerStatuses[*].ready}' || true)
+    waiting=$(pod_field "$pod" "$ns" '{.status.containerStatuses[*].state.waiting.reason}' || true)
+    image=$(pod_field "$pod" "$ns" '{.spec.containers[0].image}' || true)
     account=$(pod_field "$pod" "$ns" '{.spec.serviceAccountName}' || true)
     env_names=$(pod_field "$pod" "$ns" '{range .spec.containers[*].env[*]}{.name}{"\n"}{end}' || true)
     secret_refs=$(pod_field "$pod" "$ns" '{.spec.containers[*].envFrom[*].secretRef.name}' || true)
@@ -594,7 +960,10 @@ verify_kubernetes() {
     else
       problem "$pod runs as ServiceAccount '$account', not $SERVICE_ACCOUNT_NAME." "$RERUN"
     fi
-    if [[ $phase == Running && $ready != *false* && -n $ready ]]; then
+    if [[ " $waiting " == *" ErrImagePull "* || " $waiting " == *" ImagePullBackOff "* ]]; then
+      pull_failed=1
+      problem "$pod cannot pull its image $image (${waiting// /, })." "$(pull_fix "$image")"
+    elif [[ $phase == Running && $ready != *false* && -n $ready ]]; then
       ok "$pod is Running and ready"
     else
       problem "$pod is $phase (ready: ${ready:-unknown})." "kubectl describe $pod --namespace $ns; kubectl logs $pod --namespace $ns"
@@ -619,6 +988,24 @@ verify_kubernetes() {
       ok "$pod got a federated token from the workload identity webhook"
     fi
   done <<<"$pods"
+
+  if [[ $pull_failed == 1 ]]; then
+    note "skipping '/ai-service --version' and '/ai-service check': no container of the pod runs"
+    return 0
+  fi
+  # The image must be this service, not the Python original it replaces
+  # (which has no /ai-service) nor any other image that happens to serve 5001.
+  local version deployed
+  deployed=$(q kubectl get "deployment/$APP" --namespace "$ns" -o 'jsonpath={.spec.template.spec.containers[0].image}' || true)
+  if version=$(q kubectl exec "deployment/$APP" --namespace "$ns" -- /ai-service --version 2>&1) &&
+    [[ $version =~ ^ai-service\ [0-9] ]]; then
+    ok "the pod runs this ai-service: ${version%%$'\n'*} (image $deployed)"
+  else
+    [[ -z $version ]] || printf '%s\n' "$version" | sed 's/^/         /' >&2
+    problem "the image $deployed is not this ai-service: '/ai-service --version' does not answer 'ai-service <version>' (the Python original has no /ai-service)." \
+      "$RERUN without IMAGE (it builds this repository into your registry and deploys it), or set IMAGE to an image built from this repository"
+    return 0
+  fi
 
   local check_out
   if check_out=$(q kubectl exec "deployment/$APP" --namespace "$ns" -- /ai-service check 2>&1); then
@@ -661,7 +1048,7 @@ do_teardown() {
     # may hold other workloads.
     change kubectl delete --namespace "$SERVICE_ACCOUNT_NAMESPACE" --ignore-not-found \
       "deployment/$APP" "service/$APP" "serviceaccount/$SERVICE_ACCOUNT_NAME" \
-      "horizontalpodautoscaler/$APP" "poddisruptionbudget/$APP" ||
+      "horizontalpodautoscaler/$APP" "poddisruptionbudget/$APP" "networkpolicy/$APP" ||
       die "kubectl delete failed (see the error above)."
   fi
 
@@ -713,6 +1100,7 @@ do_teardown() {
     die "Deleting managed identity '$MANAGED_IDENTITY_NAME' failed (see the az error above)."
 
   say "Teardown finished. The cluster keeps its OIDC issuer and workload identity (other workloads may use them; the issuer cannot be turned off)."
+  note "The container registry, its images and the cluster's pull access stay (other images may live there): 'az aks update --detach-acr <registry>' and 'az acr delete --name <registry>' remove them."
   dry && say "Dry run: nothing was changed."
   return 0
 }

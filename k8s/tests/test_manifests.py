@@ -7,6 +7,7 @@ where BASE.yaml and EXTRAS.yaml are `kubectl kustomize k8s/` and
 line per check (k8s/test.sh counts them) and exits 1 if any failed.
 """
 
+import os
 import re
 import sys
 
@@ -85,8 +86,13 @@ def main(base_path, extras_path, setup_path, dockerfile_path, static_test_path):
     check("no environment variable is named like a key, secret, password or token", not secretish, f"found {secretish}")
     check("nothing is loaded from a Secret (no envFrom, no secretKeyRef)",
           "envFrom" not in c and not any("secretKeyRef" in (e.get("valueFrom") or {}) for e in env.values()))
-    check("image is the aks-store-demo ai-service image",
-          c["image"] == "ghcr.io/azure-samples/aks-store-demo/ai-service:latest", c["image"])
+    check("image is this repository's ai-service in a registry to fill in (setup.sh builds and sets it)",
+          c["image"] == "YOUR-REGISTRY.azurecr.io/ai-service:YOUR-TAG", c["image"])
+    k8s_dir = os.path.dirname(os.path.abspath(setup_path))
+    sources = [os.path.join(d, f) for d in (k8s_dir, os.path.join(k8s_dir, "extras"))
+               for f in sorted(os.listdir(d)) if f.endswith(".yaml")]
+    naming = [f for f in sources if "ghcr.io/azure-samples/aks-store-demo/ai-service" in open(f).read()]
+    check("no manifest names the Python original's image", len(sources) >= 8 and not naming, naming)
 
     ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
     check("container port 5001 is named http", ports.get("http") == 5001, f"ports: {ports}")
@@ -137,6 +143,28 @@ def main(base_path, extras_path, setup_path, dockerfile_path, static_test_path):
     check("extras: a policy/v1 PDB keeps 1 ai-service pod available",
           pdb.get("apiVersion") == "policy/v1" and pdb["spec"].get("minAvailable") == 1
           and all(labels.get(k) == v for k, v in pdb["spec"]["selector"]["matchLabels"].items()), pdb)
+
+    nps = ek.get("NetworkPolicy") or []
+    np = nps[0] if nps else {"spec": {}}
+    nspec = np["spec"]
+    check("extras: one networking.k8s.io/v1 NetworkPolicy selects the ai-service pods, for ingress and egress",
+          len(nps) == 1 and np.get("apiVersion") == "networking.k8s.io/v1"
+          and nspec.get("podSelector", {}).get("matchLabels") == {"app": "ai-service"} and labels.get("app") == "ai-service"
+          and sorted(nspec.get("policyTypes", [])) == ["Egress", "Ingress"], np)
+    ingress = nspec.get("ingress", [])
+    check("extras: ingress is port 5001 (the container's http port) only, in one rule",
+          len(ingress) == 1 and ingress[0].get("ports") == [{"protocol": "TCP", "port": 5001}] and ports.get("http") == 5001,
+          ingress)
+    check("extras: ingress only from the product-service's pods and the ama-metrics replica pods in kube-system",
+          len(ingress) == 1 and ingress[0].get("from") == [
+              {"podSelector": {"matchLabels": {"app": "product-service"}}},
+              {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+               "podSelector": {"matchLabels": {"rsName": "ama-metrics"}}}], ingress)
+    egress = nspec.get("egress", [])
+    allowed = sorted((p.get("protocol", "TCP"), p["port"]) for rule in egress for p in rule.get("ports", []))
+    check("extras: egress only to DNS (53 UDP and TCP) and HTTPS (443), every rule limited to its ports",
+          egress and all(rule.get("ports") for rule in egress)
+          and allowed == [("TCP", 53), ("TCP", 443), ("UDP", 53)], egress)
 
     # setup.sh fills placeholders by literal substitution: each must be in
     # the rendered manifests, or setup.sh would silently leave it unfilled.

@@ -10,6 +10,7 @@ counts them) and exits 1 if any failed.
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -19,13 +20,15 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 SETUP = os.path.join(os.path.dirname(HERE), "setup.sh")
 FAKES = os.path.join(HERE, "fakes")
+ROOT = os.path.dirname(os.path.dirname(HERE))
 SETTINGS = ["RG_NAME", "AKS_NAME", "MANAGED_IDENTITY_NAME", "FEDERATED_CREDENTIAL_NAME", "SERVICE_ACCOUNT_NAMESPACE",
             "SERVICE_ACCOUNT_NAME", "IMAGE", "AOAI_NAME", "AOAI_RG_NAME", "AOAI_DEPLOYMENT_NAME", "ROLLOUT_TIMEOUT",
-            "VERBOSE", "KUBECONFIG"]
+            "VERBOSE", "KUBECONFIG", "ACR_NAME", "PLATFORMS", "SOURCE_DIR", "BUILD_TIMEOUT"]
+SUBSCRIPTION = "11111111-1111-1111-1111-111111111111"
 ROLE = "Cognitive Services OpenAI User"
 ACCOUNT_ID = ("/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/myResourceGroup"
               "/providers/Microsoft.CognitiveServices/accounts/myaoai")
-MUTATING = ("create", "update", "delete", "get-credentials")
+MUTATING = ("create", "update", "delete", "get-credentials", "run")
 RESULTS = []
 
 
@@ -73,13 +76,15 @@ def flag(call, name):
 
 
 class World:
-    """A state directory for the fakes, and a way to run setup.sh in it."""
+    """A state directory for the fakes, and a way to run setup.sh in it.
+    setup.sh builds SOURCE (a git clone) unless a test says otherwise."""
 
-    def __init__(self, root, name):
+    def __init__(self, root, name, source=None):
         self.dir = os.path.join(root, name)
         self.state = os.path.join(self.dir, "state")
         os.makedirs(self.state)
         self.bin = os.path.join(root, "bin")
+        self.source = source or SOURCE["dir"]
         self.runs = 0
 
     def az_state(self):
@@ -110,18 +115,34 @@ class World:
             return ""
         return "".join(open(os.path.join(d, f)).read() for f in sorted(os.listdir(d)))
 
+    def deployed_image(self, ns="default"):
+        """The image of the Deployment the fake cluster holds."""
+        dep = self.k8s_object(ns, "deployment", "ai-service")
+        return dep["spec"]["template"]["spec"]["containers"][0]["image"]
+
+    def registry(self, name):
+        return next((r for k, r in self.az_state()["registries"].items() if k.endswith("/" + name)), None)
+
+    def set_pools(self, *images):
+        """Replaces the cluster's node pools by Linux pools running these node images."""
+        self.edit_az(lambda s: s["clusters"]["myResourceGroup/myAKSCluster"].update(pools=[
+            {"name": f"pool{i}", "osType": "Linux", "vmSize": "Standard_D4ps_v5" if "arm64" in img else "Standard_DS2_v2",
+             "nodeImageVersion": img} for i, img in enumerate(images)]))
+
     def copy(self, name):
-        other = World(os.path.dirname(self.dir), name)
+        other = World(os.path.dirname(self.dir), name, self.source)
         shutil.rmtree(other.state)
         shutil.copytree(self.state, other.state)
         return other
 
-    def run(self, *args, path=None, **env):
+    def run(self, *args, path=None, default_source=False, **env):
         self.runs += 1
         log = os.path.join(self.dir, f"calls-{self.runs}.log")
         full = {k: v for k, v in os.environ.items() if k not in SETTINGS and not k.startswith("FAKE_")}
         full.update(PATH=path or f"{self.bin}:{os.environ['PATH']}", FAKE_STATE=self.state, FAKE_LOG=log,
                     FAKE_REAL_KUBECTL=REAL_KUBECTL, RETRY_DELAY="0", KUBECONFIG=os.path.join(self.state, "kubeconfig"))
+        if not default_source:
+            full["SOURCE_DIR"] = self.source
         full.update(env)
         proc = subprocess.run(["bash", SETUP, *args], capture_output=True, text=True, env=full, timeout=300,
                               stdin=subprocess.DEVNULL)
@@ -149,6 +170,61 @@ def make_bin(root):
                 os.symlink(target, os.path.join(no_az, name))
     os.symlink(os.path.join(bin_dir, "kubectl"), os.path.join(no_az, "kubectl"))
     return no_az
+
+
+GIT = ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", "-c", "init.defaultBranch=main"]
+# What the fixture clone holds: the real Dockerfile and .dockerignore (so the
+# fake ACR judges the real build), the sources they need, and k8s/.
+FIXTURE_FILES = ["Dockerfile", ".dockerignore", ".gitignore", "Cargo.toml", "Cargo.lock", "src", "k8s/deployment.yaml"]
+SOURCE = {}
+
+
+def git(repo, *args):
+    return subprocess.run([*GIT, "-C", repo, *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def make_source(root):
+    """A git clone of the essentials of this repository, with one commit."""
+    repo = os.path.join(root, "source")
+    for rel in FIXTURE_FILES:
+        src, dst = os.path.join(ROOT, rel), os.path.join(repo, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.isdir(src):
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy(src, dst)
+    with open(os.path.join(repo, ".env"), "w") as f:  # ignored by .gitignore: must never be uploaded
+        f.write("OPENAI_API_KEY=not-a-real-key\n")
+    subprocess.run([*GIT, "init", "-q", repo], check=True)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "fixture")
+    return repo
+
+
+def clone_source(root, name):
+    dst = os.path.join(root, name)
+    subprocess.run([*GIT, "clone", "-q", SOURCE["dir"], dst], check=True)
+    return dst
+
+
+def registry_name(cluster="myAKSCluster", rg="myResourceGroup"):
+    """The name setup.sh derives for a cluster's registry, computed here
+    from its definition: the cluster name's lowercase letters and digits,
+    "acr", and the POSIX cksum of subscription/resource group/cluster."""
+    crc = subprocess.run(["cksum"], input=f"{SUBSCRIPTION}/{rg}/{cluster}", capture_output=True, text=True,
+                         check=True).stdout.split()[0]
+    return "".join(ch for ch in cluster.lower() if ch.isalnum())[:39] + "acr" + "%08x" % int(crc)
+
+
+def build_task(platform, tag, timeout="7200"):
+    return (f"version: v1.1.0\nstepTimeout: {timeout}\nsteps:\n"
+            f"  - build: -t $Registry/ai-service:{tag} --platform {platform} -f ai-service.Dockerfile .\n"
+            f"    env: [\"DOCKER_BUILDKIT=1\"]\n"
+            f"  - push: [\"$Registry/ai-service:{tag}\"]\n")
+
+
+def acr_runs(r):
+    return [c for c in r.calls if c[:3] == ["az", "acr", "run"]]
 
 
 def test_first_run(w):
@@ -216,6 +292,57 @@ def test_first_run(w):
     return r
 
 
+def test_first_run_image(w, r):
+    """What the first run did about the image, from the same run."""
+    sha = git(w.source, "rev-parse", "--short=12", "HEAD")
+    acr = registry_name()
+    image = f"{acr}.azurecr.io/ai-service:{sha}"
+    create = r.call("az", "acr", "create")
+    check("with no registry in the resource group, one named after the cluster is created (Basic)",
+          create == ["az", "acr", "create", "--resource-group", "myResourceGroup", "--name", acr, "--sku", "Basic",
+                     "--query", "loginServer", "-o", "tsv"], r.detail())
+    check("the new registry's name is free: it is checked first",
+          0 <= r.find("az", "acr", "check-name", "--name", acr) < r.find("az", "acr", "create"), r.detail())
+    runs = acr_runs(r)
+    stage = runs[0][-1] if runs else ""
+    check("one ACR Tasks run builds the image for the cluster's amd64 pool, from a staged copy of the clone",
+          runs == [["az", "acr", "run", "--registry", acr, "--platform", "linux/amd64", "--file", "acr-task-amd64.yaml",
+                    "--timeout", "7200", stage]] and stage.endswith("/context"), r.detail())
+    recorded = w.az_state()["acrRuns"]
+    run = recorded[0] if recorded else {}
+    check("the task builds and pushes ai-service:<commit> for linux/amd64 with BuildKit, past the 600 s step default",
+          len(recorded) == 1 and run["task"] == build_task("linux/amd64", sha), run.get("task"))
+    uploaded = run.get("uploaded", [])
+    dockerfile = open(os.path.join(ROOT, "Dockerfile")).read()
+    dockerignore = open(os.path.join(ROOT, ".dockerignore")).read()
+    check("the upload carries this repository's Dockerfile, renamed past .dockerignore's 'Dockerfile' rule",
+          run.get("files", {}).get("ai-service.Dockerfile") == dockerfile and "Dockerfile" not in uploaded, uploaded)
+    check("the renamed Dockerfile's own ignore file is .dockerignore plus the files setup.sh adds",
+          run.get("files", {}).get("ai-service.Dockerfile.dockerignore") == dockerignore
+          + "# Added by k8s/setup.sh for ACR Tasks:\nai-service.Dockerfile\nai-service.Dockerfile.dockerignore\n"
+            "acr-task-*.yaml\n", run.get("files"))
+    check("the upload has the sources and the lock file, not .git, .env (git-ignored) or k8s/",
+          {"src/main.rs", "Cargo.toml", "Cargo.lock", "acr-task-amd64.yaml"} <= set(uploaded)
+          and not [f for f in uploaded if f.startswith((".git/", "k8s/", "target/")) or f == ".env"], uploaded)
+    check("the registry holds ai-service:<commit> for linux/amd64",
+          (w.registry(acr) or {}).get("repositories", {}).get("ai-service") == {sha: {"platforms": ["linux/amd64"]}},
+          w.registry(acr))
+    attach = r.call("az", "aks", "update", "--resource-group", "myResourceGroup", "--name", "myAKSCluster", "--attach-acr")
+    check("the cluster is attached to the new registry (no check-acr: a registry created now cannot be pulled from yet)",
+          attach == ["az", "aks", "update", "--resource-group", "myResourceGroup", "--name", "myAKSCluster",
+                     "--attach-acr", acr, "-o", "none"]
+          and r.find("az", "aks", "check-acr") < 0 and w.az_state()["clusters"]["myResourceGroup/myAKSCluster"]["attachedAcrs"]
+          == [f"myResourceGroup/{acr}"], r.detail())
+    check("build, attach and apply come in that order, after the federated credential",
+          0 <= r.find("az", "identity", "federated-credential", "create") < r.find("az", "acr", "run")
+          < r.find("az", "aks", "update", "--resource-group", "myResourceGroup", "--name", "myAKSCluster", "--attach-acr")
+          < r.find("kubectl", "apply"), r.detail())
+    check("the applied Deployment runs exactly the built image", w.deployed_image() == image
+          and f"image: {image}\n" in w.applied(), w.deployed_image())
+    check("the Python original's image is named nowhere in what was applied",
+          "ghcr.io/azure-samples" not in w.applied() and "YOUR-" not in w.applied(), w.applied())
+
+
 def test_second_run(w):
     before = w.az_state()["changes"]
     r = w.run()
@@ -225,6 +352,15 @@ def test_second_run(w):
     check("a second run changes nothing in Azure", w.az_state()["changes"] == before, w.az_state()["changes"])
     check("a second run reports every step as already done",
           r.err.count("skipping") >= 4 and "unchanged" in r.out + r.err, r.err)
+    acr = registry_name()
+    check("a second run builds nothing: the registry has the commit's tag",
+          not acr_runs(r) and r.find("az", "acr", "create") < 0
+          and r.find("az", "acr", "repository", "show-tags", "--name", acr, "--repository", "ai-service") >= 0
+          and "is already in the registry, skipping the build" in r.err, r.detail())
+    check("a second run attaches nothing: check-acr finds that the cluster can pull",
+          r.call("az", "aks", "check-acr") == ["az", "aks", "check-acr", "--resource-group", "myResourceGroup", "--name",
+                                               "myAKSCluster", "--acr", f"{acr}.azurecr.io"]
+          and r.find("az", "aks", "update") < 0 and "can already pull" in r.err, r.detail())
 
 
 def test_verify(healthy):
@@ -270,6 +406,228 @@ def test_verify(healthy):
     r = w.run("--verify")
     check("--verify reports a failing '/ai-service check' with its output",
           r.rc != 0 and "AADSTS70021" in r.err and "'/ai-service check' in the pod failed" in r.err, r.detail())
+
+
+def test_verify_image(healthy):
+    acr = registry_name()
+    r = healthy.run("--verify")
+    check("--verify runs '/ai-service --version' in the pod and names the version and the image",
+          any(c[:2] == ["kubectl", "exec"] and c[-2:] == ["/ai-service", "--version"] for c in r.calls)
+          and f"ok:      the pod runs this ai-service: ai-service 0.1.0 (image {healthy.deployed_image()})" in r.err,
+          r.detail())
+    check("--verify shows the diagnostic lines of a passing '/ai-service check'",
+          "'/ai-service check' in the pod succeeded" in r.err
+          and "token: ok from WorkloadIdentityCredential (expires in 3599 s)" in r.err, r.err)
+
+    w = healthy.copy("pull-backoff")
+    pod = w.k8s_objects("default", "pod")[0]
+    path = os.path.join(w.state, "k8s", "default", "pod", pod)
+    obj = json.load(open(path))
+    obj["status"] = {"phase": "Pending", "containerStatuses": [
+        {"name": "ai-service", "image": obj["spec"]["containers"][0]["image"], "ready": False,
+         "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}
+    json.dump(obj, open(path, "w"))
+    r = w.run("--verify")
+    check("--verify fails on a pod in ImagePullBackOff, with the registry attach as the fix",
+          r.rc != 0 and f"cannot pull its image {w.deployed_image()} (ImagePullBackOff)" in r.err
+          and f"fix: az aks update --resource-group myResourceGroup --name myAKSCluster --attach-acr {acr}" in r.err,
+          r.detail())
+    check("--verify does not exec into a pod that cannot pull its image",
+          not [c for c in r.calls if c[:2] == ["kubectl", "exec"]] and "is Pending" not in r.err, r.detail())
+
+    w = World(os.path.dirname(healthy.dir), "python-image")
+    python_image = "ghcr.io/azure-samples/aks-store-demo/ai-service:latest"
+    r = w.run(IMAGE=python_image)
+    r = w.run("--verify")
+    check("--verify fails when the running image is not this service (the Python original)",
+          r.rc != 0 and f"the image {python_image} is not this ai-service" in r.err
+          and "/ai-service: no such file or directory" in r.err, r.detail())
+    check("--verify does not run '/ai-service check' in an image that is not this service",
+          not [c for c in r.calls if c[-2:] == ["/ai-service", "check"]], r.detail())
+
+
+def test_architectures(root):
+    sha = SOURCE["sha"]
+    acr = registry_name()
+    w = World(root, "arm64")
+    w.set_pools("AKSUbuntu-2204gen2arm64containerd-202501.12.0")
+    r = w.run()
+    recorded = w.az_state()["acrRuns"]
+    check("an Arm64 node pool gets a linux/arm64 build on an arm64 agent, under the plain commit tag",
+          r.rc == 0 and [c[:10] for c in acr_runs(r)] == [["az", "acr", "run", "--registry", acr, "--platform",
+                                                            "linux/arm64", "--file", "acr-task-arm64.yaml", "--timeout"]]
+          and [x["task"] for x in recorded] == [build_task("linux/arm64", sha)]
+          and w.deployed_image() == f"{acr}.azurecr.io/ai-service:{sha}", r.detail())
+
+    w = World(root, "mixed")
+    w.set_pools("AKSUbuntu-2204gen2containerd-202501.12.0", "AKSAzureLinux-V2gen2arm64-202501.12.0")
+    r = w.run()
+    runs = acr_runs(r)
+    recorded = w.az_state()["acrRuns"]
+    join = (f"version: v1.1.0\nsteps:\n  - cmd: docker manifest create $Registry/ai-service:{sha} "
+            f"$Registry/ai-service:{sha}-amd64 $Registry/ai-service:{sha}-arm64\n"
+            f"  - cmd: docker manifest push --purge $Registry/ai-service:{sha}\n")
+    check("a mixed cluster gets one build per platform, tagged <commit>-<arch>",
+          r.rc == 0 and [(c[6], c[8]) for c in runs[:2]] == [("linux/amd64", "acr-task-amd64.yaml"),
+                                                            ("linux/arm64", "acr-task-arm64.yaml")]
+          and [x["task"] for x in recorded[:2]] == [build_task("linux/amd64", f"{sha}-amd64"),
+                                                      build_task("linux/arm64", f"{sha}-arm64")], r.detail())
+    check("then a run with no context joins them under the commit tag with docker manifest create and push",
+          len(runs) == 3 and runs[2][:5] == ["az", "acr", "run", "--registry", acr] and runs[2][-1] == "/dev/null"
+          and runs[2][5] == "--file" and runs[2][6].endswith("/acr-task-manifest.yaml")
+          and len(recorded) == 3 and recorded[2]["task"] == join, r.detail())
+    tags = (w.registry(acr) or {}).get("repositories", {}).get("ai-service", {})
+    check("the commit tag is one manifest list of linux/amd64 and linux/arm64, and the Deployment runs it",
+          tags.get(sha) == {"platforms": ["linux/amd64", "linux/arm64"], "manifestList": True}
+          and w.deployed_image() == f"{acr}.azurecr.io/ai-service:{sha}", tags)
+    r = w.run("--dry-run")
+    check("a second run on a mixed cluster builds nothing",
+          r.rc == 0 and "is already in the registry, skipping the build" in r.err and "would run: az acr run" not in r.err,
+          r.detail())
+
+    w = World(root, "mixed-resume")
+    w.set_pools("AKSUbuntu-2204gen2containerd-202501.12.0", "AKSUbuntu-2204gen2arm64containerd-202501.12.0")
+    w.edit_az(lambda s: s["registries"].update({f"myResourceGroup/{acr}": {
+        "loginServer": f"{acr}.azurecr.io", "sku": "Basic",
+        "repositories": {"ai-service": {f"{sha}-amd64": {"platforms": ["linux/amd64"]}}}}}))
+    r = w.run()
+    runs = acr_runs(r)
+    check("a multi-arch build cut short resumes: only the missing platform is built before the join",
+          r.rc == 0 and len(runs) == 2 and runs[0][5:7] == ["--platform", "linux/arm64"] and runs[1][-1] == "/dev/null"
+          and (w.registry(acr) or {}).get("repositories", {}).get("ai-service", {}).get(sha, {}).get("platforms")
+          == ["linux/amd64", "linux/arm64"], r.detail())
+
+    w = World(root, "platforms")
+    r = w.run("--dry-run", PLATFORMS="linux/arm64,linux/amd64")
+    check("PLATFORMS overrides the node pools", r.rc == 0 and r.find("az", "aks", "nodepool", "list") < 0
+          and "for linux/amd64 linux/arm64" in r.err, r.detail())
+    r = w.run("--dry-run", PLATFORMS="linux/s390x")
+    check("an unknown platform in PLATFORMS stops the script with the allowed values",
+          r.rc != 0 and "PLATFORMS names 'linux/s390x'" in r.err and not r.changes(), r.detail())
+
+
+def test_registries(root):
+    sha = SOURCE["sha"]
+    w = World(root, "one-registry")
+    w.edit_az(lambda s: s["registries"].update({"myResourceGroup/storeacr": {
+        "loginServer": "storeacr.azurecr.io", "sku": "Standard", "repositories": {}}}))
+    r = w.run()
+    check("the only registry of the resource group is used, not a new one",
+          r.rc == 0 and r.find("az", "acr", "create") < 0 and acr_runs(r) and acr_runs(r)[0][4] == "storeacr"
+          and w.deployed_image() == f"storeacr.azurecr.io/ai-service:{sha}", r.detail())
+    check("an existing registry the cluster cannot pull from is attached after check-acr says so",
+          0 <= r.find("az", "aks", "check-acr", "--resource-group", "myResourceGroup", "--name", "myAKSCluster", "--acr",
+                      "storeacr.azurecr.io")
+          < r.find("az", "aks", "update", "--resource-group", "myResourceGroup", "--name", "myAKSCluster",
+                   "--attach-acr", "storeacr") and "Validating image pull permission: FAILED" in r.err, r.detail())
+
+    w = World(root, "two-registries")
+    w.edit_az(lambda s: s["registries"].update({
+        "myResourceGroup/storeacr": {"loginServer": "storeacr.azurecr.io", "sku": "Basic", "repositories": {}},
+        "myResourceGroup/otheracr": {"loginServer": "otheracr.azurecr.io", "sku": "Basic", "repositories": {}}}))
+    r = w.run()
+    check("two registries and no ACR_NAME stop the script before any change, asking for ACR_NAME",
+          r.rc != 0 and re.search(r"several container registries \((storeacr,otheracr|otheracr,storeacr)\)", r.err)
+          and "Set ACR_NAME" in r.err
+          and not r.changes(), r.detail())
+    r = w.run("--dry-run", ACR_NAME="OtherAcr")
+    check("ACR_NAME picks the registry (case does not matter)",
+          r.rc == 0 and "would run: az acr run --registry otheracr " in r.err
+          and f"image: otheracr.azurecr.io/ai-service:{sha}\n" in r.out, r.detail())
+
+    w = World(root, "named-registry")
+    r = w.run("--dry-run", ACR_NAME="teamimages")
+    check("a missing ACR_NAME is created in the resource group, and the script says so",
+          r.rc == 0 and "would run: az acr create --resource-group myResourceGroup --name teamimages --sku Basic" in r.err
+          and "registry teamimages does not exist: creating it in myResourceGroup" in r.err, r.detail())
+
+    w = World(root, "taken-name")
+    w.edit_az(lambda s: s.update(takenRegistryNames=[registry_name()]))
+    r = w.run()
+    check("a derived registry name taken elsewhere stops the script before any change, asking for ACR_NAME",
+          r.rc != 0 and f"The registry name '{registry_name()}' is taken" in r.err and "Set ACR_NAME" in r.err
+          and not r.changes(), r.detail())
+    r = w.run(ACR_NAME="no")
+    check("an ACR_NAME that is not a registry name is refused", r.rc != 0 and "ACR_NAME 'no' is not a registry name" in r.err
+          and not r.changes(), r.detail())
+
+    w = World(root, "build-fails")
+    r = w.run(FAKE_FAIL="acr-run")
+    check("a failed build stops the script before the attach and the apply, naming the free-credit case",
+          r.rc != 0 and "Building ai-service:" in r.err and "TasksOperationsNotAllowed" in r.err
+          and r.find("kubectl", "apply") < 0 and r.find("az", "aks", "update", "--resource-group", "myResourceGroup",
+                                                         "--name", "myAKSCluster", "--attach-acr") < 0, r.detail())
+
+
+def test_source_tags(root):
+    sha = SOURCE["sha"]
+    acr = registry_name()
+    repo = clone_source(root, "dirty-source")
+    w = World(root, "dirty", repo)
+    with open(os.path.join(repo, "src", "main.rs"), "a") as f:
+        f.write("// a local change\n")
+    r = w.run()
+    tags = set((w.registry(acr) or {}).get("repositories", {}).get("ai-service", {}))
+    dirty = next(iter(tags), "")
+    check("a tree with uncommitted changes is tagged <commit>-dirty-<8 hex> and built",
+          r.rc == 0 and len(tags) == 1 and re.fullmatch(re.escape(sha) + r"-dirty-[0-9a-f]{8}", dirty)
+          and w.deployed_image() == f"{acr}.azurecr.io/ai-service:{dirty}" and len(acr_runs(r)) == 1, r.detail())
+    r = w.run("--dry-run")
+    check("the same uncommitted changes keep their tag: nothing is rebuilt",
+          r.rc == 0 and f"{dirty} is already in the registry, skipping the build" in r.err
+          and "would run: az acr run" not in r.err, r.detail())
+    with open(os.path.join(repo, "notes.txt"), "w") as f:
+        f.write("an untracked file\n")
+    r = w.run()
+    tags2 = set((w.registry(acr) or {}).get("repositories", {}).get("ai-service", {}))
+    check("another change (an untracked file) gets a new dirty tag, a build and a rollout",
+          r.rc == 0 and len(tags2) == 2 and len(acr_runs(r)) == 1 and w.deployed_image().split(":")[-1] in tags2 - tags,
+          r.detail())
+
+    repo = clone_source(root, "k8s-edit-source")
+    with open(os.path.join(repo, "k8s", "deployment.yaml"), "a") as f:
+        f.write("# filled in by hand\n")
+    w = World(root, "k8s-edit", repo)
+    r = w.run("--dry-run")
+    check("changes under k8s/ alone do not make the image dirty", r.rc == 0 and f"ai-service:{sha} for" in r.err, r.detail())
+
+    plain = os.path.join(root, "not-a-clone")
+    os.makedirs(plain)
+    shutil.copy(os.path.join(ROOT, "Dockerfile"), plain)
+    r = World(root, "no-git", plain).run()
+    check("a SOURCE_DIR that is not a git clone stops the script before any change, offering IMAGE",
+          r.rc != 0 and "Could not read the git commit of SOURCE_DIR" in r.err and "set IMAGE" in r.err
+          and not r.changes(), r.detail())
+
+    r = World(root, "default-source").run("--dry-run", default_source=True)
+    root_sha = git(ROOT, "rev-parse", "--short=12", "HEAD")
+    check("by default the image is built from this repository at its commit",
+          r.rc == 0 and f"ai-service:{root_sha}" in r.err and f"from {ROOT}\n" in r.err, r.detail())
+
+
+def test_fake_acr(root):
+    """The fake ACR rejects what real ACR Tasks reject, so the assertions
+    above on a passing build mean something."""
+    w = World(root, "fake-acr")
+    w.edit_az(lambda s: s["registries"].update({"myResourceGroup/fakeacr": {
+        "loginServer": "fakeacr.azurecr.io", "sku": "Basic", "repositories": {}}}))
+    ctx = clone_source(root, "fake-acr-context")
+    env = dict(os.environ, FAKE_STATE=w.state)
+
+    def acr_run(task):
+        with open(os.path.join(ctx, "task.yaml"), "w") as f:
+            f.write(task)
+        return subprocess.run([os.path.join(w.bin, "az"), "acr", "run", "--registry", "fakeacr", "--file", "task.yaml",
+                               ctx], capture_output=True, text=True, env=env)
+
+    p = acr_run("version: v1.1.0\nsteps:\n  - build: -t $Registry/ai-service:x -f Dockerfile .\n"
+                "    env: [\"DOCKER_BUILDKIT=1\"]\n")
+    check("the fake ACR refuses a Dockerfile that .dockerignore keeps out of the upload, as az acr run does",
+          p.returncode != 0 and "Dockerfile Dockerfile is not in the uploaded context" in p.stderr, p.stderr)
+    shutil.copy(os.path.join(ctx, "Dockerfile"), os.path.join(ctx, "other.Dockerfile"))
+    p = acr_run("version: v1.1.0\nsteps:\n  - build: -t $Registry/ai-service:x -f other.Dockerfile .\n")
+    check("the fake ACR refuses this Dockerfile without DOCKER_BUILDKIT=1, as the classic builder does",
+          p.returncode != 0 and "the --mount option requires BuildKit" in p.stderr, p.stderr)
 
 
 def test_failing_step(root):
@@ -330,6 +688,25 @@ def test_dry_run(root):
                                                    "kubectl apply")), r.err)
     check("--dry-run prints the manifests it would apply, with the endpoint filled in",
           "kind: Deployment" in r.out and "value: https://myaoai.openai.azure.com/" in r.out, r.out)
+    acr = registry_name()
+    check("--dry-run prints the registry creation, the build and the attach without running them",
+          f"would run: az acr create --resource-group myResourceGroup --name {acr} --sku Basic" in r.err
+          and f"would run: az acr run --registry {acr} --platform linux/amd64 --file acr-task-amd64.yaml --timeout 7200 "
+          in r.err and f"would run: az aks update --resource-group myResourceGroup --name myAKSCluster --attach-acr {acr}"
+          in r.err and build_task("linux/amd64", SOURCE["sha"]).replace("\n", "\n      ").strip() in r.err
+          and not state["registries"] and not state["acrRuns"], r.err)
+    check("--dry-run prints the image the Deployment would run",
+          f"image: {acr}.azurecr.io/ai-service:{SOURCE['sha']}" in r.out, r.out)
+
+    w = World(root, "dry-existing")
+    w.edit_az(lambda s: s["registries"].update({"myResourceGroup/storeacr": {
+        "loginServer": "storeacr.azurecr.io", "sku": "Basic", "repositories": {}}}))
+    r = w.run("--dry-run")
+    check("--dry-run with an existing registry prints check-acr and the attach, runs neither",
+          r.rc == 0 and "would run: az aks check-acr --resource-group myResourceGroup --name myAKSCluster --acr "
+          "storeacr.azurecr.io" in r.err and "would run: az aks update --resource-group myResourceGroup --name "
+          "myAKSCluster --attach-acr storeacr" in r.err and r.find("az", "aks", "check-acr") < 0
+          and not acr_runs(r) and not w.az_state()["changes"], r.detail())
 
 
 def test_teardown(w):
@@ -340,6 +717,10 @@ def test_teardown(w):
           not state["identities"] and not state["federatedCredentials"] and not state["roleAssignments"], state)
     check("--teardown deletes the ServiceAccount, Deployment and Service",
           not any(w.k8s_objects("default", k) for k in ("serviceaccount", "deployment", "service", "pod")))
+    delete = r.call("kubectl", "delete")
+    check("--teardown also deletes the extras: autoscaler, disruption budget and network policy",
+          {"horizontalpodautoscaler/ai-service", "poddisruptionbudget/ai-service", "networkpolicy/ai-service"} <= set(delete),
+          delete)
     fic, role, ident = (r.find("az", "identity", "federated-credential", "delete"), r.find("az", "role", "assignment", "delete"),
                         r.find("az", "identity", "delete"))
     check("--teardown deletes the role assignment and credential before the identity",
@@ -361,6 +742,11 @@ def test_custom_names(root):
           and "namespace: store" in applied and "namespace: default" not in applied
           and "serviceAccountName: ai-sa" in applied and "image: myacr.azurecr.io/ai-service:1.2.3" in applied
           and w.k8s_objects("store", "serviceaccount") == ["ai-sa.json"], r.detail() + applied)
+    check("IMAGE skips the registry, the build and the attach",
+          r.rc == 0 and not [c for c in r.calls if c[:2] == ["az", "acr"]]
+          and r.find("az", "aks", "nodepool", "list") < 0 and r.find("az", "aks", "check-acr") < 0
+          and not [c for c in r.calls if "--attach-acr" in c], r.detail())
+    check("IMAGE is the image the Deployment runs", w.deployed_image("store") == "myacr.azurecr.io/ai-service:1.2.3")
 
 
 def test_replication_retry(root):
@@ -394,11 +780,15 @@ def main():
     root = tempfile.mkdtemp(prefix="setup-test-")
     try:
         no_az = make_bin(root)
+        SOURCE["dir"] = make_source(root)
+        SOURCE["sha"] = git(SOURCE["dir"], "rev-parse", "--short=12", "HEAD")
         test_cli(root)
         w = World(root, "main")
-        test_first_run(w)
+        r = test_first_run(w)
+        test_first_run_image(w, r)
         test_second_run(w)
         test_verify(w)
+        test_verify_image(w)
         test_recreated_cluster(w.copy("recreated"))
         test_teardown(w)
         test_failing_step(root)
@@ -406,6 +796,10 @@ def main():
         test_dry_run(root)
         test_custom_names(root)
         test_replication_retry(root)
+        test_architectures(root)
+        test_registries(root)
+        test_source_tags(root)
+        test_fake_acr(root)
     finally:
         if os.environ.get("KEEP_TEST_STATE"):
             print(f"# state kept in {root}")
