@@ -1055,6 +1055,145 @@ mod tests {
         }
     }
 
+    /// Settings from `vars` plus a TOML file with `toml` (kept alive by the returned guard).
+    fn with_file(vars: &[(&str, &str)], toml: &str) -> (Result<Settings, ConfigError>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ai-service.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut all: Vec<(&str, &str)> = vars.to_vec();
+        let path = path.to_str().unwrap().to_owned();
+        all.push(("AI_SERVICE_CONFIG", &path));
+        (settings(&all), dir)
+    }
+
+    const KEYED: [(&str, &str); 2] = [("USE_AZURE_OPENAI", "True"), ("AZURE_OPENAI_API_KEY", "k")];
+
+    #[test]
+    fn the_file_alone_may_define_both_pools_after_the_drop_in_deployment() {
+        let toml = r#"
+            [[chat]]
+            endpoint = "https://shop-eastus.openai.azure.com/"
+            deployment = "gpt-5-mini"
+            api_version = "v1"
+
+            [[chat]]
+            endpoint = "https://shop-swedencentral.openai.azure.com/"
+            deployment = "gpt-5-mini"
+
+            [[image]]
+            endpoint = "https://shop-eastus.openai.azure.com/"
+            deployment = "gpt-image-1"
+
+            [routing]
+            circuit_failures = 5
+            cooldown_seconds = 3
+        "#;
+        let (s, _dir) = with_file(&KEYED, toml);
+        let s = s.unwrap();
+        let Backend::Azure(azure) = &s.backend else { panic!() };
+        let chat: Vec<(String, String)> = azure
+            .chat
+            .iter()
+            .map(|d| (d.endpoint_label(), d.api_version.to_string()))
+            .collect();
+        assert_eq!(
+            chat,
+            [
+                ("shop-eastus.openai.azure.com:443".to_owned(), "v1".to_owned()),
+                (
+                    "shop-swedencentral.openai.azure.com:443".to_owned(),
+                    DEFAULT_API_VERSION.to_owned()
+                )
+            ]
+        );
+        assert_eq!(s.image.len(), 1);
+        assert_eq!(s.image[0].api_version.to_string(), DEFAULT_IMAGE_API_VERSION);
+        assert_eq!(s.capabilities(), vec!["description", "image"]);
+        assert_eq!(s.routing.circuit_failures, 5);
+        assert_eq!(s.routing.default_cooldown, Duration::from_secs(3));
+        assert_eq!(s.routing.circuit_open, Duration::from_secs(30));
+
+        // With the drop-in variables, their deployment comes first.
+        let mut vars = KEYED.to_vec();
+        vars.extend([
+            ("AZURE_OPENAI_ENDPOINT", "https://primary.openai.azure.com/"),
+            ("AZURE_OPENAI_DEPLOYMENT_NAME", "primary"),
+        ]);
+        let (s, _dir) = with_file(&vars, toml);
+        let Backend::Azure(azure) = &s.unwrap().backend else {
+            panic!()
+        };
+        let names: Vec<&str> = azure.chat.iter().map(|d| d.deployment.as_str()).collect();
+        assert_eq!(names, ["primary", "gpt-5-mini", "gpt-5-mini"]);
+    }
+
+    #[test]
+    fn a_variable_wins_over_the_same_single_value_in_the_file() {
+        let toml = "temperature = 0.2\nazure_openai_api_version = \"2024-10-21\"\n[[chat]]\nendpoint = \"https://a.openai.azure.com/\"\ndeployment = \"d\"\n";
+        let mut vars = KEYED.to_vec();
+        vars.push(("TEMPERATURE", "0.7"));
+        let (s, _dir) = with_file(&vars, toml);
+        let s = s.unwrap();
+        assert_eq!(s.temperature, 0.7);
+        let Backend::Azure(azure) = &s.backend else { panic!() };
+        assert_eq!(azure.primary().api_version.to_string(), "2024-10-21");
+    }
+
+    #[test]
+    fn a_bad_file_stops_startup_naming_the_file_the_entry_and_the_key() {
+        for (toml, expected) in [
+            ("[[chat]\nendpoint = 1", "not valid TOML"),
+            ("colour = \"blue\"\n", "unknown key `colour`"),
+            (
+                "[[chat]]\nendpoint = \"https://a.openai.azure.com/\"\ndeployment = \"d\"\nendpont = \"x\"\n",
+                "[[chat]] entry 1, key `endpont`",
+            ),
+            ("[routing]\ncircuit_failure = 3\n", "[routing], key `circuit_failure`"),
+            (
+                "[[chat]]\ndeployment = \"d\"\n",
+                "[[chat]] entry 1: `endpoint` is missing",
+            ),
+            (
+                "[[chat]]\nendpoint = \"https://a.openai.azure.com/\"\ndeployment = \"d\"\n[[image]]\nendpoint = \"https://a.openai.azure.com/\"\n",
+                "[[image]] entry 1: `deployment` is missing",
+            ),
+            (
+                "[[chat]]\nendpoint = \"http://a.openai.azure.com/\"\ndeployment = \"d\"\n",
+                "[[chat]] entry 1: `endpoint` must be an https URL",
+            ),
+            (
+                "[[chat]]\nendpoint = \"https://a.openai.azure.com/\"\ndeployment = \"d\"\napi_key_env = \"NOPE\"\n",
+                "`api_key_env` names NOPE, which is not set",
+            ),
+            ("[routing]\ncircuit_failures = \"many\"\n", "circuit_failures"),
+        ] {
+            let (result, dir) = with_file(&KEYED, toml);
+            let err = result.unwrap_err().to_string();
+            let file = dir.path().join("ai-service.toml");
+            assert!(err.contains(expected), "{toml:?}: {err}");
+            assert!(
+                err.contains(&*file.to_string_lossy()),
+                "{toml:?}: the file is not named: {err}"
+            );
+        }
+        let err = settings(&[("AI_SERVICE_CONFIG", "/nonexistent/ai-service.toml")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("AI_SERVICE_CONFIG names /nonexistent/ai-service.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn entra_mode_refuses_a_key_variable_in_an_entry() {
+        let toml = "[[chat]]\nendpoint = \"https://a.openai.azure.com/\"\ndeployment = \"d\"\napi_key_env = \"K\"\n";
+        let (result, _dir) = with_file(
+            &[("USE_AZURE_OPENAI", "True"), ("USE_AZURE_AD", "True"), ("K", "x")],
+            toml,
+        );
+        assert!(result.unwrap_err().to_string().contains("one Microsoft Entra token"));
+    }
+
     #[test]
     fn the_seed_deployment_variables_select_azure_with_entra() {
         let s = settings(&[

@@ -550,6 +550,44 @@ async fn a_two_second_token_is_refreshed_before_it_expires_so_no_request_present
     }
 }
 
+#[tokio::test]
+async fn a_retry_after_longer_than_the_token_s_life_still_sends_a_live_token() {
+    // Arrange: 2 s tokens, and a first answer that asks to wait 3 s: the token taken for the
+    // first attempt has expired by the second.
+    let world = WorkloadIdentity::start(2).await;
+    let ledger = world.ledger.clone();
+    let rejected = world.rejected.clone();
+    let accepting = azure_openai_accepting(ledger, rejected);
+    world.azure.respond_with(move |request, index| {
+        if index == 0 {
+            MockResponse::json(429, json!({"error": {"code": "429"}})).header("retry-after", "3")
+        } else {
+            accepting(request, index)
+        }
+    });
+    let app = spawn_app(world.vars()).await;
+
+    // Act
+    let (status, body) = describe(&app).await;
+
+    // Assert: the second attempt took a fresh token
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(world.azure.count(), 2);
+    assert_eq!(
+        world.rejected.load(Ordering::SeqCst),
+        0,
+        "an expired token reached Azure OpenAI"
+    );
+    let tokens: Vec<String> = world
+        .azure
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap_or_default().to_owned())
+        .collect();
+    assert_ne!(tokens[0], tokens[1]);
+    assert_eq!(world.ledger.grants().len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_callers_during_a_refresh_share_one_acquisition_and_keep_using_the_valid_token() {
     // Arrange: 4 s tokens from an Entra that takes 400 ms to answer. The cache refreshes 3 s after

@@ -67,4 +67,29 @@ async fn every_log_line_of_a_request_is_json_and_carries_its_request_id() {
     );
     // And the upstream received the same id.
     assert_eq!(azure.requests()[0].header("x-request-id"), Some("req-7f3a"));
+
+    // A failure's detail ends with the short id that the request's log lines carry, at the
+    // default level: a person can quote it, an operator can find the request with it.
+    azure.respond_with(|_, _| MockResponse::json(429, json!({"error": {"code": "429"}})).header("retry-after", "90"));
+    let response = app.post_description(&json!({"name": "Ball", "tags": []})).await;
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let (status, body) = status_and_json(response).await;
+    assert_eq!(status, 503);
+    let short = &request_id[..8];
+    assert!(detail(&body).ends_with(&format!(" (request {short}).")), "{body}");
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let failure_lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|line| {
+            line["span"]["request_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with(short))
+        })
+        .filter(|line| line["level"] == "INFO" || line["level"] == "WARN")
+        .collect();
+    assert!(
+        failure_lines.iter().any(|line| line["message"] == "generation failed"),
+        "no log line of the failed request carries {short}:\n{text}"
+    );
 }

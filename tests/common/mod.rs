@@ -76,6 +76,8 @@ pub struct Recorded {
     pub query: HashMap<String, String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the whole request had arrived.
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -170,6 +172,7 @@ impl MockServer {
                     query,
                     headers,
                     body,
+                    at: std::time::Instant::now(),
                 };
                 let index = {
                     let mut all = recorded.lock().unwrap();
