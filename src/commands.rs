@@ -14,8 +14,9 @@ use crate::{
         AssertionClaims, MissingWorkloadIdentity, assertion_problem, claim_strings, explain_assertion,
         explain_missing_workload_identity, explain_regional_endpoint, is_regional_endpoint, unverified_claims,
     },
-    error::{ENTRA_REFUSED_ADVICE, ROLE_PROPAGATION_ADVICE},
-    llm::{CallContext, ChatPrompt, ProductFacts, UpstreamError},
+    error::{Operation, ROLE_PROPAGATION_ADVICE, upstream_clause},
+    llm::{CallContext, ChatPrompt, ProductFacts, UpstreamError, pool::Capability},
+    services::{Probe, ProbeModel},
 };
 
 /// How `check` runs, besides the environment it checks.
@@ -159,28 +160,65 @@ pub async fn check(
             }
         }
     }
-    chat(&settings, &services, options, out).await
+    call_every_deployment(&settings, &services, options, out).await
 }
 
-/// Calls the chat model; while Azure OpenAI refuses the Entra token and `--wait` allows, again
-/// every `retry_interval`, saying how long it has waited.
-async fn chat(settings: &Settings, services: &crate::Services, options: &CheckOptions, out: &mut dyn Write) -> bool {
-    let prompt = ChatPrompt {
-        system: "You are a connectivity check.".to_owned(),
-        user: "Reply with the single word OK.".to_owned(),
-        temperature: settings.temperature,
-    };
-    let facts = ProductFacts {
-        name: "connectivity check".to_owned(),
-        tags: Vec::new(),
-    };
-    let target = chat_target(settings);
+/// Calls every deployment of both pools once, on its own; while Azure OpenAI refuses the Entra
+/// token and `--wait` allows, again every `retry_interval`, saying how long it has waited.
+/// True when every deployment answered.
+async fn call_every_deployment(
+    settings: &Settings,
+    services: &crate::Services,
+    options: &CheckOptions,
+    out: &mut dyn Write,
+) -> bool {
+    let mut answered = 0;
+    for probe in &services.probes {
+        if call(settings, probe, options, out).await {
+            answered += 1;
+        }
+    }
+    let total = services.probes.len();
+    if total > 1 {
+        say(out, format_args!("deployments: {answered} of {total} answered"));
+    }
+    answered == total
+}
+
+async fn call(settings: &Settings, probe: &Probe, options: &CheckOptions, out: &mut dyn Write) -> bool {
+    let label = probe.capability.label();
+    let target = &probe.target;
     let started = tokio::time::Instant::now();
     let mut waited = false;
     loop {
-        let ctx = CallContext::with_budget(settings.limits.description_timeout, Some("ai-service-check".to_owned()));
-        let err = match services.chat.complete(&prompt, &facts, &ctx).await {
-            Ok(answer) => {
+        let budget = match probe.capability {
+            Capability::Chat => settings.limits.description_timeout,
+            Capability::Image => settings.limits.image_timeout,
+        };
+        let ctx = CallContext::with_budget(budget, Some("ai-service-check".to_owned()));
+        let facts = ProductFacts {
+            name: "connectivity check".to_owned(),
+            tags: Vec::new(),
+        };
+        let result = match &probe.model {
+            ProbeModel::Chat(model) => {
+                let prompt = ChatPrompt {
+                    system: "You are a connectivity check.".to_owned(),
+                    user: "Reply with the single word OK.".to_owned(),
+                    temperature: settings.temperature,
+                };
+                model
+                    .complete(&prompt, &facts, &ctx)
+                    .await
+                    .map(|answer| format!("a completion ({} characters)", answer.chars().count()))
+            }
+            ProbeModel::Image(model) => model
+                .generate("A plain white square, for a connectivity check.", &facts, &ctx)
+                .await
+                .map(|_| "an image".to_owned()),
+        };
+        let err = match result {
+            Ok(what) => {
                 let status = if matches!(settings.backend, Backend::Offline) {
                     ""
                 } else {
@@ -193,10 +231,7 @@ async fn chat(settings: &Settings, services: &crate::Services, options: &CheckOp
                 };
                 say(
                     out,
-                    format_args!(
-                        "chat: ok, {target} answered{status} with a completion ({} characters){after}",
-                        answer.chars().count()
-                    ),
+                    format_args!("{label}: ok, {target} answered{status} with {what}{after}"),
                 );
                 return true;
             }
@@ -209,7 +244,7 @@ async fn chat(settings: &Settings, services: &crate::Services, options: &CheckOp
                 say(
                     out,
                     format_args!(
-                        "chat: HTTP {status} after {} of --wait {}; the role assignment may not have reached Azure \
+                        "{label}: HTTP {status} after {} of --wait {}; the role assignment may not have reached Azure \
                          OpenAI yet, trying again in {}",
                         human_std(started.elapsed()),
                         human_std(options.wait),
@@ -220,18 +255,23 @@ async fn chat(settings: &Settings, services: &crate::Services, options: &CheckOp
                 tokio::time::sleep(pause).await;
             }
             err => {
-                let mut reason = chat_failure(settings, &err);
-                if matches!(err, UpstreamError::Unauthorized { entra: true, .. }) {
+                let refused_entra = matches!(err, UpstreamError::Unauthorized { entra: true, .. });
+                let operation = match probe.capability {
+                    Capability::Chat => Operation::Description,
+                    Capability::Image => Operation::Image,
+                };
+                let mut reason = upstream_clause(operation, err);
+                if refused_entra {
                     if options.wait.is_zero() {
-                        reason = format!("{reason} {ROLE_PROPAGATION_ADVICE}");
+                        reason = format!("{reason}. {ROLE_PROPAGATION_ADVICE}");
                     } else {
                         reason = format!(
-                            "{reason} It was still refused after --wait {}.",
+                            "{reason}. It was still refused after --wait {}.",
                             human_std(options.wait)
                         );
                     }
                 }
-                say(out, format_args!("chat: FAILED, {target} {reason}"));
+                say(out, format_args!("{label}: FAILED, {target}: {reason}"));
                 return false;
             }
         }
@@ -397,57 +437,6 @@ fn describe_file(path: &Path) -> String {
         Ok(_) => format!("{} (not a file)", path.display()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => format!("{} (missing)", path.display()),
         Err(err) => format!("{} (not accessible: {err})", path.display()),
-    }
-}
-
-/// What the chat call goes to, for the output.
-fn chat_target(settings: &Settings) -> String {
-    match &settings.backend {
-        Backend::Azure(azure) => format!(
-            "Azure OpenAI deployment `{}` at {}",
-            azure.primary().deployment,
-            azure.primary().endpoint
-        ),
-        Backend::Local { endpoint, .. } => format!("the local model server at {endpoint}"),
-        Backend::OpenAi { base_url, .. } => format!("the OpenAI API at {base_url}"),
-        Backend::Offline => "the built-in offline generator (no model configured)".to_owned(),
-    }
-}
-
-/// Why the chat call failed and what to check, with the HTTP status when there was one.
-fn chat_failure(settings: &Settings, err: &UpstreamError) -> String {
-    match err {
-        UpstreamError::Unauthorized { status, entra: true } => {
-            format!("answered HTTP {status} to the Microsoft Entra token. {ENTRA_REFUSED_ADVICE}")
-        }
-        UpstreamError::Unauthorized { status, entra: false } => {
-            format!("answered HTTP {status} to the API key; check the configured key.")
-        }
-        UpstreamError::NotFound { name } => format!(
-            "answered HTTP 404: the deployment or model `{name}` was not found; check AZURE_OPENAI_DEPLOYMENT_NAME \
-             and the endpoint."
-        ),
-        UpstreamError::Throttled { .. } => "answered HTTP 429 after every retry: authentication works, but the \
-             deployment is throttling; try again later or raise its quota."
-            .to_owned(),
-        UpstreamError::Status { status } => format!("answered HTTP {status}; try again later."),
-        UpstreamError::CircuitOpen { .. } => "failed repeatedly; its circuit is open, try again later.".to_owned(),
-        UpstreamError::BadRequest { code, message } if message.is_empty() => format!("answered HTTP 400 ({code})."),
-        UpstreamError::BadRequest { code, message } => format!("answered HTTP 400 ({code}): {message}"),
-        UpstreamError::UnsupportedTemperature => {
-            "answered HTTP 400: the model does not accept the configured TEMPERATURE; unset it or set TEMPERATURE=1."
-                .to_owned()
-        }
-        UpstreamError::ContentFiltered => "answered, but its content filter blocked the check prompt.".to_owned(),
-        UpstreamError::Timeout => format!(
-            "did not answer within {} s (DESCRIPTION_TIMEOUT_SECONDS).",
-            settings.limits.description_timeout.as_secs()
-        ),
-        UpstreamError::Unreachable(cause) => format!("could not be reached ({cause}); check DNS and egress."),
-        UpstreamError::InvalidResponse(cause) => format!("answered with an unusable body ({cause})."),
-        UpstreamError::Credential(sentence) | UpstreamError::Misconfigured(sentence) => {
-            format!("was not called: {sentence}")
-        }
     }
 }
 

@@ -152,6 +152,12 @@ pub const ENTRA_REFUSED_ADVICE: &str = "Give the identity the role 'Cognitive Se
 pub const ROLE_PROPAGATION_ADVICE: &str = "A new role assignment takes up to several minutes to reach Azure \
      OpenAI: `ai-service check --wait 600` retries until it does.";
 
+/// What happened and what to do when `error` ends a generation of `operation`: the same clause
+/// the API answers with, for `ai-service check`.
+pub fn upstream_clause(operation: Operation, error: UpstreamError) -> String {
+    generation(operation, &Failure::Upstream(error)).1
+}
+
 /// `text` as the end of one sentence, with the request's short id: the store-admin shows
 /// `Unable to generate description: ` followed by it, and the id finds the request's log lines.
 fn with_request(text: String, request: Option<&str>) -> String {

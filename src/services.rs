@@ -42,6 +42,52 @@ pub struct Services {
     pub credentials: Vec<&'static str>,
     /// Metrics shared by the models and the routes.
     pub metrics: Metrics,
+    /// Every deployment of both pools on its own (one for a backend without pools), for `check`.
+    pub probes: Vec<Probe>,
+}
+
+/// One deployment, to be called on its own.
+pub struct Probe {
+    /// Which pool it belongs to.
+    pub capability: Capability,
+    /// What it is, for a person: the deployment and its endpoint.
+    pub target: String,
+    /// A model that calls only this deployment.
+    pub model: ProbeModel,
+}
+
+/// The model of a [`Probe`].
+pub enum ProbeModel {
+    /// A chat deployment.
+    Chat(Arc<dyn ChatModel>),
+    /// An image deployment.
+    Image(Arc<dyn ImageModel>),
+}
+
+impl Probe {
+    fn new(deployment: &config::DeploymentSettings, model: ProbeModel) -> Self {
+        Self {
+            capability: match model {
+                ProbeModel::Chat(_) => Capability::Chat,
+                ProbeModel::Image(_) => Capability::Image,
+            },
+            target: format!(
+                "Azure OpenAI deployment `{}` at {} (api {})",
+                deployment.deployment, deployment.endpoint, deployment.api_version
+            ),
+            model,
+        }
+    }
+}
+
+/// What a backend without pools calls, for a person.
+fn describe_backend(backend: &Backend) -> String {
+    match backend {
+        Backend::Local { endpoint, .. } => format!("the local model server at {endpoint}"),
+        Backend::OpenAi { base_url, .. } => format!("the OpenAI API at {base_url}"),
+        Backend::Offline => "the built-in offline generator (no model configured)".to_owned(),
+        Backend::Azure(_) => "Azure OpenAI".to_owned(),
+    }
 }
 
 /// The service cannot start.
@@ -97,6 +143,7 @@ pub fn build_services(settings: &Settings, deps: Dependencies) -> Result<Service
     let mut tokens: Option<Arc<dyn TokenProvider>> = None;
     let mut credentials = Vec::new();
     let mut image: Option<Arc<dyn ImageModel>> = None;
+    let mut probes = Vec::new();
     let chat: Arc<dyn ChatModel> = match &settings.backend {
         Backend::Offline => {
             image = Some(Arc::new(OfflineGenerator));
@@ -147,6 +194,23 @@ pub fn build_services(settings: &Settings, deps: Dependencies) -> Result<Service
                 let targets = deployments.iter().map(|d| azure::target(d, operation, &auth)).collect();
                 Pool::new(targets, transport.clone(), options(capability, azure::BACKEND))
             };
+            // `check` calls each deployment on its own, outside the routing.
+            for deployment in &azure_settings.chat {
+                let model = AzureChat(pool(
+                    std::slice::from_ref(deployment),
+                    "chat/completions",
+                    Capability::Chat,
+                ));
+                probes.push(Probe::new(deployment, ProbeModel::Chat(Arc::new(model))));
+            }
+            for deployment in &settings.image {
+                let model = AzureImage(pool(
+                    std::slice::from_ref(deployment),
+                    "images/generations",
+                    Capability::Image,
+                ));
+                probes.push(Probe::new(deployment, ProbeModel::Image(Arc::new(model))));
+            }
             if !settings.image.is_empty() {
                 image = Some(Arc::new(AzureImage(pool(
                     &settings.image,
@@ -161,11 +225,19 @@ pub fn build_services(settings: &Settings, deps: Dependencies) -> Result<Service
             )))
         }
     };
+    if probes.is_empty() {
+        probes.push(Probe {
+            capability: Capability::Chat,
+            target: describe_backend(&settings.backend),
+            model: ProbeModel::Chat(chat.clone()),
+        });
+    }
     Ok(Services {
         chat,
         image,
         tokens,
         credentials,
         metrics,
+        probes,
     })
 }

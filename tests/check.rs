@@ -589,7 +589,7 @@ async fn check_fails_naming_the_role_and_wait_when_azure_openai_answers_403() {
         &[
             "token: ok from WorkloadIdentityCredential",
             "chat: FAILED, Azure OpenAI deployment `gpt-5-mini`",
-            "answered HTTP 403",
+            "refused the Microsoft Entra token (403)",
             "Cognitive Services OpenAI User",
             "`ai-service check --wait 600` retries until it does",
         ],
@@ -660,7 +660,7 @@ async fn check_wait_gives_up_when_the_time_runs_out() {
         &[
             "chat: HTTP 403 after 0 s of --wait 1 s",
             "chat: FAILED, Azure OpenAI deployment `gpt-5-mini` at ",
-            "answered HTTP 403 to the Microsoft Entra token",
+            "refused the Microsoft Entra token (403)",
             "It was still refused after --wait 1 s.",
         ],
     );
@@ -859,4 +859,48 @@ async fn the_check_binary_trusting_another_ca_says_the_certificate_is_not_truste
         ],
     );
     assert_eq!(world.entra.count(), 0, "no TLS session, no request");
+}
+
+#[tokio::test]
+async fn check_calls_every_deployment_of_both_pools_once_and_prints_each_result() {
+    // Arrange: a chat pool of two (the second deployment is missing) and an image pool of one.
+    let primary = MockServer::start(|_, _| MockResponse::json(200, chat_completion("OK"))).await;
+    let missing =
+        MockServer::start(|_, _| MockResponse::json(404, json!({"error": {"code": "DeploymentNotFound"}}))).await;
+    let images = MockServer::start(|_, _| {
+        MockResponse::json(200, json!({"created": 1, "data": [{"b64_json": "iVBORw0KGgo="}]}))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pools.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[chat]]\nendpoint = \"{}\"\ndeployment = \"gpt-5-mini-sweden\"\n\n[[image]]\nendpoint = \"{}\"\ndeployment = \"gpt-image-1\"\napi_version = \"v1\"\n",
+            missing.url, images.url
+        ),
+    )
+    .unwrap();
+    let mut all = azure_key_vars(&primary);
+    all.extend(vars(&[("AI_SERVICE_CONFIG", file.to_str().unwrap())]));
+
+    // Act
+    let (ok, output) = run_check(all, test_dependencies()).await;
+
+    // Assert: one call each, one line each, and a failure overall
+    assert!(!ok, "{output}");
+    assert_eq!((primary.count(), missing.count(), images.count()), (1, 1, 1));
+    assert_mentions(
+        &output,
+        &[
+            "chat: ok, Azure OpenAI deployment `gpt-5-mini` at ",
+            "chat: FAILED, Azure OpenAI deployment `gpt-5-mini-sweden` at ",
+            "the deployment or model `gpt-5-mini-sweden` was not found",
+            "image: ok, Azure OpenAI deployment `gpt-image-1` at ",
+            "(api v1) answered HTTP 2xx with an image",
+            "deployments: 2 of 3 answered",
+            "chat_pool=[gpt-5-mini@localhost:",
+            "image_pool=[gpt-image-1@localhost:",
+        ],
+    );
 }
