@@ -9,7 +9,7 @@ use crate::{
     config::{self, AzureAuth as AzureAuthSettings, Backend, Limits, Settings},
     credential::{self, CredentialOptions, SharedTokenCache, TokenProvider},
     llm::{
-        ChatModel, ImageModel, Transport,
+        ChatModel, ImageModel, UpstreamClient,
         azure::{self, AzureAuth, AzureChat, AzureImage},
         offline::OfflineGenerator,
         openai::OpenAiCompatible,
@@ -128,7 +128,7 @@ pub fn http_client(
 /// Builds the models for `settings`.
 pub fn build_services(settings: &Settings, deps: Dependencies) -> Result<Services, StartupError> {
     let metrics = Metrics::new(&settings.app_version, settings.backend.name());
-    let transport = Transport::new(http_client(&settings.limits, &deps, None)?, metrics.clone());
+    let transport = UpstreamClient::new(http_client(&settings.limits, &deps, None)?, metrics.clone());
     let limits = &settings.limits;
     let options = |capability: Capability, backend: &'static str| PoolOptions {
         capability,
@@ -151,7 +151,11 @@ pub fn build_services(settings: &Settings, deps: Dependencies) -> Result<Service
         }
         Backend::Local { endpoint, model } => {
             let target = OpenAiCompatible::target(endpoint, None, Auth::None);
-            let pool = Pool::new(vec![target], transport, options(Capability::Chat, "local"));
+            let pool = Pool::new(
+                vec![target],
+                transport,
+                options(Capability::Chat, settings.backend.name()),
+            );
             Arc::new(OpenAiCompatible::local(pool, endpoint, model.clone()))
         }
         Backend::OpenAi {
@@ -164,7 +168,11 @@ pub fn build_services(settings: &Settings, deps: Dependencies) -> Result<Service
                 organization: organization.clone(),
             };
             let target = OpenAiCompatible::target(base_url, Some(config::OPENAI_MODEL), auth);
-            let pool = Pool::new(vec![target], transport, options(Capability::Chat, "openai"));
+            let pool = Pool::new(
+                vec![target],
+                transport,
+                options(Capability::Chat, settings.backend.name()),
+            );
             Arc::new(OpenAiCompatible::openai(pool, base_url, config::OPENAI_MODEL))
         }
         Backend::Azure(azure_settings) => {
@@ -192,7 +200,7 @@ pub fn build_services(settings: &Settings, deps: Dependencies) -> Result<Service
             };
             let pool = |deployments: &[config::DeploymentSettings], operation: &str, capability| {
                 let targets = deployments.iter().map(|d| azure::target(d, operation, &auth)).collect();
-                Pool::new(targets, transport.clone(), options(capability, azure::BACKEND))
+                Pool::new(targets, transport.clone(), options(capability, settings.backend.name()))
             };
             // `check` calls each deployment on its own, outside the routing.
             for deployment in &azure_settings.chat {

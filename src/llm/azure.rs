@@ -16,9 +16,6 @@ use crate::{
     credential::TokenProvider,
 };
 
-/// The `backend` label of Azure OpenAI's metrics.
-pub const BACKEND: &str = "azure-openai";
-
 /// How every deployment of the pools is authenticated.
 #[derive(Clone)]
 pub enum AzureAuth {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use transport::{CallContext, Transport};
+pub use transport::{CallContext, UpstreamClient};
 
 /// A chat completion request, as the routes phrase it.
 #[derive(Debug, Clone)]
@@ -265,7 +265,7 @@ pub fn parse_image_generation(body: &[u8]) -> Result<GeneratedImage, UpstreamErr
 
 /// The parts of an OpenAI/Azure error body we act on.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ErrorBody {
+pub struct UpstreamErrorBody {
     /// `error.code`.
     pub code: Option<String>,
     /// `error.param`.
@@ -276,14 +276,14 @@ pub struct ErrorBody {
     pub inner_code: Option<String>,
 }
 
-/// Reads `{"error": {...}}` leniently: an HTML page or garbage yields an empty [`ErrorBody`].
-pub fn parse_error_body(body: &[u8]) -> ErrorBody {
+/// Reads `{"error": {...}}` leniently: an HTML page or garbage yields an empty [`UpstreamErrorBody`].
+pub fn parse_error_body(body: &[u8]) -> UpstreamErrorBody {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return ErrorBody::default();
+        return UpstreamErrorBody::default();
     };
     let error = &value["error"];
     let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
-    ErrorBody {
+    UpstreamErrorBody {
         code: text(&error["code"]),
         param: text(&error["param"]),
         message: text(&error["message"]),

@@ -30,7 +30,7 @@ use url::Url;
 
 use super::{
     CallContext, UpstreamError, classify_bad_request,
-    transport::{Attempt, Transport, backoff, spread},
+    transport::{Attempt, UpstreamClient, backoff, spread},
 };
 use crate::{config::Routing, credential::TokenProvider, metrics::DeploymentState};
 
@@ -254,7 +254,7 @@ pub struct Pool {
     capability: Capability,
     backend: &'static str,
     members: Vec<Arc<Member>>,
-    transport: Transport,
+    transport: UpstreamClient,
     routing: Routing,
     max_attempts: u32,
     attempt_timeout: Duration,
@@ -277,7 +277,7 @@ pub struct PoolOptions {
 
 impl Pool {
     /// A pool of `targets` (in order of preference); at least one.
-    pub fn new(targets: Vec<Target>, transport: Transport, options: PoolOptions) -> Self {
+    pub fn new(targets: Vec<Target>, transport: UpstreamClient, options: PoolOptions) -> Self {
         let pool = Self {
             capability: options.capability,
             backend: options.backend,

@@ -55,9 +55,10 @@ impl CallContext {
     }
 }
 
-/// The shared HTTP client of all upstream calls, and the per-attempt metrics.
+/// The one HTTP client of all model calls, and their per-attempt metrics. (Not azure_core's
+/// `Transport`, which carries the Entra credential's requests.)
 #[derive(Debug, Clone)]
-pub struct Transport {
+pub struct UpstreamClient {
     client: reqwest::Client,
     metrics: Metrics,
 }
@@ -80,7 +81,7 @@ pub enum Attempt {
     Refused(&'static str, UpstreamError),
 }
 
-impl Transport {
+impl UpstreamClient {
     /// Wraps the client built at startup (with its connect timeout).
     pub fn new(client: reqwest::Client, metrics: Metrics) -> Self {
         Self { client, metrics }
