@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# scripts/static-rootfs-test.sh: builds the binary the Dockerfile builds and
-# runs it the way the FROM scratch image runs it, without Docker: in an
+# scripts/static-rootfs-test.sh: builds the binary the Dockerfile builds
+# (scripts/static-build.sh, for this machine) and runs it the way the FROM scratch image runs it, without Docker: in an
 # otherwise empty root (chroot) holding only /ai-service and the CA bundle,
 # as user 65532:65532, with no environment but PORT and SSL_CERT_FILE.
 #
@@ -18,9 +18,6 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGET=x86_64-unknown-linux-gnu
-# The Dockerfile's RUSTFLAGS (see the reasons there); keep the two equal.
-STATIC_RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"'
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 UID_GID=65532:65532
 # The fake Azure OpenAI host; /etc/hosts in the root maps it to 127.0.0.1,
@@ -117,19 +114,16 @@ build() {
     echo "# testing $BIN (AI_SERVICE_BIN; not building)"
     return 0
   fi
-  local target_dir=${CARGO_TARGET_DIR:-target}
-  [[ $target_dir == /* ]] || target_dir=$ROOT/$target_dir
-  echo "# building: RUSTFLAGS='$STATIC_RUSTFLAGS' cargo build --release --locked --target $TARGET"
+  BIN=$WORK/ai-service.built
+  echo "# building: $(bash "$ROOT/scripts/static-build.sh" --print | tr '\n' ' ')"
   local out
-  if out=$(cd "$ROOT" && RUSTFLAGS="$STATIC_RUSTFLAGS" \
-    cargo build --release --locked --target "$TARGET" 2>&1); then
-    pass "the static release build succeeds"
+  if out=$(bash "$ROOT/scripts/static-build.sh" --out "$BIN" 2>&1); then
+    pass "the static release build succeeds (scripts/static-build.sh)"
   else
-    fail "the static release build succeeds" "$(tail -n 40 <<<"$out")"
+    fail "the static release build succeeds (scripts/static-build.sh)" "$(tail -n 40 <<<"$out")"
     summary
     exit 1
   fi
-  BIN=$target_dir/$TARGET/release/ai-service
 }
 
 check_static() {
