@@ -214,7 +214,7 @@ test_server() {
   caps=$(awk '/^CapEff:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
   outside=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
   if [[ $MODE == userns-root ]]; then
-    name="the server runs as the user namespace's root (0:0), uid $(id -u) outside, not root"
+    name="the server runs as the user namespace's root (0:0), uid $(id -u) outside, not root$SUFFIX"
     if [[ $ids == 0:0 && $outside == "$(id -u)" && $outside != 0 ]]; then pass "$name"; else fail "$name" "uid:gid inside $ids, uid outside $outside"; fi
   else
     name="the server runs as $UID_GID with no capabilities$SUFFIX"
