@@ -153,7 +153,7 @@ build() {
     return 0
   fi
   BIN=$WORK/ai-service.built
-  echo "# building: $(bash "$ROOT/scripts/static-build.sh" --print | tr '\n' ' ')"
+  echo "# building: $(bash "$ROOT/scripts/static-build.sh" --print | paste -sd ' ')"
   local out
   if out=$(bash "$ROOT/scripts/static-build.sh" --out "$BIN" 2>&1); then
     pass "the static release build succeeds (scripts/static-build.sh)"
