@@ -41,7 +41,7 @@ openapi-check: toolchain ## Fails when openapi.yaml differs from what the code g
 openapi: toolchain ## Rewrite openapi.yaml from the code
 	$(CARGO) run --locked --quiet --bin ai-service -- openapi > openapi.yaml
 
-k8s-test: ## Validate manifests, test setup.sh against fake az/kubectl, shellcheck and hadolint
+k8s-test: ## Validate manifests, test setup.sh against fake az/kubectl and the build/release files; shellcheck, hadolint, actionlint
 	bash k8s/test.sh
 
 static-test: toolchain ## Build the Dockerfile's static binary and run it in an empty root filesystem
