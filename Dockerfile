@@ -1,29 +1,32 @@
 # syntax=docker/dockerfile:1
-# The ai-service image: one static binary and a CA bundle, FROM scratch.
+# The ai-service image: one static binary and a CA bundle, FROM scratch, for
+# linux/amd64 and linux/arm64 (AKS runs x86-64 and Arm64 node pools).
 #   docker build -t ai-service .
+#   docker buildx build --platform linux/amd64,linux/arm64 -t ai-service .
 #   docker run --rm -p 5001:5001 ai-service     # starts in offline mode
 # scripts/static-rootfs-test.sh checks the same binary in the same layout
 # without Docker.
 
 # --- Build: a statically linked glibc binary --------------------------------
-FROM rust:1.95-bookworm AS builder
+# The builder runs on the build machine's own platform and cross-compiles
+# for the target's (no emulation): scripts/static-build.sh maps TARGETARCH
+# to the Rust target, its linker and C compiler, and holds the static
+# RUSTFLAGS and the reasons for them.
+FROM --platform=$BUILDPLATFORM rust:1.95-bookworm AS builder
+ARG TARGETARCH
 WORKDIR /src
+COPY scripts/rust-target.sh scripts/static-build.sh scripts/
+# For another architecture than the build machine's: Debian's cross gcc and
+# static glibc, and Rust's standard library for the target. Nothing for the
+# build machine's own.
+RUN bash scripts/static-build.sh --install-cross "$TARGETARCH"
 COPY . .
-# crt-static links glibc statically, so the binary needs no loader or .so
-# files at run time (glibc 2.36 has its "files" and "dns" name services
-# built in, so name resolution still works).
-# getrandom_backend="linux_getrandom": in a static binary getrandom 0.3/0.4
-# cannot find getrandom(2) through dlsym and fall back to reading
-# /dev/urandom, so without a /dev every request id (uuid v4) panics. This
-# cfg calls getrandom(2) directly (Linux 3.17+), so the binary needs no /dev.
 # BuildKit cache mounts keep the downloaded crates and the compiled
 # dependencies between builds, so a code change recompiles only this crate.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    RUSTFLAGS="-C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\"" \
-    cargo build --release --locked --target x86_64-unknown-linux-gnu \
- && cp target/x86_64-unknown-linux-gnu/release/ai-service /ai-service
+    bash scripts/static-build.sh --arch "$TARGETARCH" --out /ai-service
 
 # --- Runtime: nothing but the binary and the CA bundle ----------------------
 FROM scratch

@@ -4,10 +4,6 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 CARGO ?= cargo
-# The Dockerfile builds exactly this: a static glibc binary (no musl target on our machines).
-STATIC_TARGET := x86_64-unknown-linux-gnu
-# getrandom must use the syscall: a static binary in an empty root has no /dev/urandom.
-STATIC_RUSTFLAGS := -C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"
 
 .PHONY: help run test fmt-check clippy deps-check test-rust openapi openapi-check k8s-test static-test static bench fuzz image toolchain
 
@@ -45,14 +41,15 @@ openapi-check: toolchain ## Fails when openapi.yaml differs from what the code g
 openapi: toolchain ## Rewrite openapi.yaml from the code
 	$(CARGO) run --locked --quiet --bin ai-service -- openapi > openapi.yaml
 
-k8s-test: ## Validate manifests, test setup.sh against fake az/kubectl, shellcheck and hadolint
+k8s-test: ## Validate manifests, test setup.sh against fake az/kubectl and the build/release files; shellcheck, hadolint, actionlint
 	bash k8s/test.sh
 
 static-test: toolchain ## Build the Dockerfile's static binary and run it in an empty root filesystem
 	bash scripts/static-rootfs-test.sh
 
-static: toolchain ## Build the static release binary the image ships
-	RUSTFLAGS='$(STATIC_RUSTFLAGS)' $(CARGO) build --locked --release --target $(STATIC_TARGET)
+# scripts/static-build.sh is the one definition of that build (flags and why), shared with the Dockerfile.
+static: toolchain ## Build the static release binary the image ships, for this machine (TARGETARCH=arm64 cross-compiles)
+	CARGO='$(CARGO)' bash scripts/static-build.sh $(if $(TARGETARCH),--arch '$(TARGETARCH)')
 
 bench: toolchain ## Benchmark against a mock Azure OpenAI + Entra over HTTPS (results in bench/results/)
 	bash bench/run.sh

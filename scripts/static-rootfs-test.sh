@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
-# scripts/static-rootfs-test.sh: builds the binary the Dockerfile builds and
-# runs it the way the FROM scratch image runs it, without Docker: in an
-# otherwise empty root (chroot) holding only /ai-service and the CA bundle,
-# as user 65532:65532, with no environment but PORT and SSL_CERT_FILE.
+# scripts/static-rootfs-test.sh: builds the binary the Dockerfile builds
+# (scripts/static-build.sh, for this machine) and runs it the way the FROM
+# scratch image runs it, without Docker: in an otherwise empty, read-only
+# root holding only /ai-service and the CA bundle, as user 65532:65532, with
+# no environment but PORT and SSL_CERT_FILE.
+#
+# The empty root, by what the machine allows:
+#   as root: chroot, as user 65532:65532;
+#   as anyone else: a user namespace (unshare --user) in which the caller's
+#     own uid and gid are 65532:65532 (unshare --map-user, util-linux 2.38+),
+#     or, with an older unshare, the namespace's root (unprivileged outside);
+#   neither: the test fails, saying what is missing.
+# As root it also runs the server checks in a user namespace, so that CI
+# covers the path a contributor without root takes.
 #
 # Checks that the binary is static, serves /health, that its `healthcheck`
 # subcommand (the image's HEALTHCHECK) works, that it stops cleanly on
 # SIGTERM, and that from the bare root it can resolve a name and call an
 # Azure OpenAI endpoint over TLS, trusting only the bundle (a local fake
 # endpoint with a test CA). Prints the binary and estimated image sizes and
-# "N passed, M failed". Needs root (chroot), curl, and for the TLS part
-# python3 and openssl.
+# "N passed, M failed". Needs curl, file, ldd, python3 and openssl.
 #
 #   scripts/static-rootfs-test.sh
 #   AI_SERVICE_BIN=path/to/ai-service scripts/static-rootfs-test.sh   # skip the build
 #   CARGO_TARGET_DIR=/tmp/t scripts/static-rootfs-test.sh             # build elsewhere
+#   STATIC_ROOTFS_MODE=userns-root scripts/static-rootfs-test.sh      # force one way: chroot, userns, userns-root
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGET=x86_64-unknown-linux-gnu
-# The Dockerfile's RUSTFLAGS (see the reasons there); keep the two equal.
-STATIC_RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"'
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 UID_GID=65532:65532
 # The fake Azure OpenAI host; /etc/hosts in the root maps it to 127.0.0.1,
@@ -29,7 +36,6 @@ AOAI_HOST=aoai-static-test.openai.azure.com
 
 PASSED=0
 FAILED=0
-SKIPPED=0
 pass() {
   PASSED=$((PASSED + 1))
   printf 'ok - %s\n' "$1"
@@ -39,14 +45,8 @@ fail() {
   printf 'not ok - %s\n' "$1"
   if [[ -n ${2:-} ]]; then printf '%s\n' "$2" | sed 's/^/    /'; fi
 }
-skip() {
-  SKIPPED=$((SKIPPED + 1))
-  printf 'skip - %s\n' "$1"
-}
 summary() {
-  local line="$PASSED passed, $FAILED failed"
-  [[ $SKIPPED == 0 ]] || line+=", $SKIPPED skipped"
-  printf '%s\n' "$line"
+  printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
   [[ $FAILED == 0 ]]
 }
 
@@ -59,7 +59,11 @@ cleanup() {
       { wait "$pid"; } 2>/dev/null || true
     fi
   done
-  if [[ -n $WORK ]]; then rm -rf "$WORK"; fi
+  if [[ -n $WORK ]]; then
+    # The root is read-only (seal): give its owner the write bits back first.
+    chmod -R u+w "$WORK" 2>/dev/null || true
+    rm -rf "$WORK"
+  fi
 }
 trap cleanup EXIT
 
@@ -69,9 +73,15 @@ free_port() {
     echo $((20000 + RANDOM % 30000))
 }
 
-# Sets CMD to the command that runs /ai-service ARGS in the root as 65532
-# with only the given variables: root_cmd VAR=VALUE... -- ARGS...
-# (env and chroot exec, so a background "${CMD[@]}" & has the service's pid.)
+# Sets CMD to the command that runs /ai-service ARGS in the root, the way
+# MODE says, with only the given variables: root_cmd VAR=VALUE... -- ARGS...
+# (env, chroot and unshare exec, so a background "${CMD[@]}" & has the
+# service's pid.)
+#   chroot:      as root; chroot to the root as 65532:65532.
+#   userns:      a new user namespace in which the caller's uid and gid are
+#                65532:65532; unshare chroots (--root) before it execs.
+#   userns-root: a new user namespace in which the caller is root (the only
+#                id mapped without newuidmap on an unshare older than 2.38).
 root_cmd() {
   CMD=(env -i)
   while [[ $1 != -- ]]; do
@@ -79,8 +89,33 @@ root_cmd() {
     shift
   done
   shift
-  CMD+=("$CHROOT" --userspec="$UID_GID" "$RFS" /ai-service "$@")
+  case $MODE in
+    chroot) CMD+=("$CHROOT" --userspec="$UID_GID" "$RFS") ;;
+    userns) CMD+=("$UNSHARE" --user --map-user="${UID_GID%:*}" --map-group="${UID_GID#*:}" --root="$RFS") ;;
+    userns-root) CMD+=("$UNSHARE" --user --map-root-user "$CHROOT" "$RFS") ;;
+  esac
+  CMD+=(/ai-service "$@")
 }
+
+# Prints "UID:GID" of process $1 as its own user namespace sees them: the
+# ids in /proc/PID/status are this namespace's, and /proc/PID/uid_map and
+# gid_map ("inside outside count" lines) translate them.
+ids_inside() {
+  local uid gid
+  uid=$(awk '/^Uid:/ {print $2}' "/proc/$1/status") || return 1
+  gid=$(awk '/^Gid:/ {print $2}' "/proc/$1/status") || return 1
+  printf '%s:%s\n' "$(map_inside "$uid" "/proc/$1/uid_map")" "$(map_inside "$gid" "/proc/$1/gid_map")"
+}
+map_inside() {
+  awk -v id="$1" '$2 <= id && id < $2 + $3 {print $1 + id - $2; found = 1; exit}
+    END {if (!found) print "unmapped(" id ")"}' "$2"
+}
+
+# The root is read-only for the service (like the image with
+# readOnlyRootFilesystem: it must not need to write anywhere). In a user
+# namespace the files are the service's own, so no write bit is left.
+seal() { chmod -R a-w "$RFS"; }
+unseal() { chmod -R u+w "$RFS"; }
 
 # Waits up to 10 s for GET /health on $1 to answer 200; $2 is the pid.
 wait_healthy() {
@@ -117,19 +152,16 @@ build() {
     echo "# testing $BIN (AI_SERVICE_BIN; not building)"
     return 0
   fi
-  local target_dir=${CARGO_TARGET_DIR:-target}
-  [[ $target_dir == /* ]] || target_dir=$ROOT/$target_dir
-  echo "# building: RUSTFLAGS='$STATIC_RUSTFLAGS' cargo build --release --locked --target $TARGET"
+  BIN=$WORK/ai-service.built
+  echo "# building: $(bash "$ROOT/scripts/static-build.sh" --print | paste -sd ' ')"
   local out
-  if out=$(cd "$ROOT" && RUSTFLAGS="$STATIC_RUSTFLAGS" \
-    cargo build --release --locked --target "$TARGET" 2>&1); then
-    pass "the static release build succeeds"
+  if out=$(bash "$ROOT/scripts/static-build.sh" --out "$BIN" 2>&1); then
+    pass "the static release build succeeds (scripts/static-build.sh)"
   else
-    fail "the static release build succeeds" "$(tail -n 40 <<<"$out")"
+    fail "the static release build succeeds (scripts/static-build.sh)" "$(tail -n 40 <<<"$out")"
     summary
     exit 1
   fi
-  BIN=$target_dir/$TARGET/release/ai-service
 }
 
 check_static() {
@@ -148,54 +180,66 @@ make_root() {
   mkdir -p "$RFS/etc/ssl/certs"
   cp "$BIN" "$RFS/ai-service"
   cp "$CA_BUNDLE" "$RFS/etc/ssl/certs/ca-certificates.crt"
-  # Root-owned and not writable by 65532, like the image with
-  # readOnlyRootFilesystem: the service must not need to write anywhere.
-  chmod 755 "$RFS" "$RFS/etc" "$RFS/etc/ssl" "$RFS/etc/ssl/certs"
+  chmod 755 "$RFS" "$RFS/etc" "$RFS/etc/ssl" "$RFS/etc/ssl/certs" "$RFS/ai-service"
   chmod 644 "$RFS/etc/ssl/certs/ca-certificates.crt"
-  chmod 755 "$RFS/ai-service"
+  seal
+}
+
+# Runs `/ai-service --version` in the root the MODE way; sets PROBE_OUT.
+probe_mode() {
+  root_cmd --  --version
+  PROBE_OUT=$("${CMD[@]}" 2>&1) && [[ $PROBE_OUT == *ai-service* ]]
 }
 
 # The image's default: nothing configured, so the service starts offline.
 test_server() {
-  local port pid ids
+  local port pid ids caps outside name
   port=$(free_port)
   root_cmd PORT="$port" SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt --
   "${CMD[@]}" >"$WORK/server.log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
   if wait_healthy "$port" "$pid"; then
-    pass "GET /health answers 200 in the bare root within 10 s"
+    pass "GET /health answers 200 in the bare root within 10 s$SUFFIX"
   else
-    fail "GET /health answers 200 in the bare root within 10 s" "$(tail -n 30 "$WORK/server.log")"
+    fail "GET /health answers 200 in the bare root within 10 s$SUFFIX" "$(tail -n 30 "$WORK/server.log")"
     return 0
   fi
   if grep -q '"status": *"ok"' "$WORK/health.json"; then
-    pass "/health says {\"status\":\"ok\",...}"
+    pass "/health says {\"status\":\"ok\",...}$SUFFIX"
   else
-    fail "/health says {\"status\":\"ok\",...}" "$(cat "$WORK/health.json")"
+    fail "/health says {\"status\":\"ok\",...}$SUFFIX" "$(cat "$WORK/health.json")"
   fi
-  ids=$(awk '/^Uid:/ {u=$2} /^Gid:/ {g=$2} END {print u ":" g}' "/proc/$pid/status" 2>/dev/null || true)
-  if [[ $ids == "$UID_GID" ]]; then pass "the server runs as $UID_GID"; else fail "the server runs as $UID_GID" "uid:gid $ids"; fi
+  ids=$(ids_inside "$pid" 2>&1 || true)
+  caps=$(awk '/^CapEff:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+  outside=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+  if [[ $MODE == userns-root ]]; then
+    name="the server runs as the user namespace's root (0:0), uid $(id -u) outside, not root$SUFFIX"
+    if [[ $ids == 0:0 && $outside == "$(id -u)" && $outside != 0 ]]; then pass "$name"; else fail "$name" "uid:gid inside $ids, uid outside $outside"; fi
+  else
+    name="the server runs as $UID_GID with no capabilities$SUFFIX"
+    if [[ $ids == "$UID_GID" && $caps =~ ^0+$ ]]; then pass "$name"; else fail "$name" "uid:gid $ids, CapEff $caps"; fi
+  fi
 
   local out
   root_cmd PORT="$port" -- healthcheck
   if out=$("${CMD[@]}" 2>&1); then
-    pass "'/ai-service healthcheck' exits 0 while the server is up"
+    pass "'/ai-service healthcheck' exits 0 while the server is up$SUFFIX"
   else
-    fail "'/ai-service healthcheck' exits 0 while the server is up" "$out"
+    fail "'/ai-service healthcheck' exits 0 while the server is up$SUFFIX" "$out"
   fi
   root_cmd PORT="$(free_port)" -- healthcheck
   if out=$("${CMD[@]}" 2>&1); then
-    fail "'/ai-service healthcheck' exits non-zero when nothing listens" "it exited 0: $out"
+    fail "'/ai-service healthcheck' exits non-zero when nothing listens$SUFFIX" "it exited 0: $out"
   else
-    pass "'/ai-service healthcheck' exits non-zero when nothing listens"
+    pass "'/ai-service healthcheck' exits non-zero when nothing listens$SUFFIX"
   fi
 
   stop "$pid"
   if [[ $STOPPED == 0 ]]; then
-    pass "SIGTERM stops the server with exit code 0"
+    pass "SIGTERM stops the server with exit code 0$SUFFIX"
   else
-    fail "SIGTERM stops the server with exit code 0" "exit: $STOPPED"$'\n'"$(tail -n 20 "$WORK/server.log")"
+    fail "SIGTERM stops the server with exit code 0$SUFFIX" "exit: $STOPPED"$'\n'"$(tail -n 20 "$WORK/server.log")"
   fi
 }
 
@@ -228,11 +272,7 @@ srv.serve_forever()
 '
 
 test_upstream() {
-  local name="a description is generated through TLS from the bare root (name from /etc/hosts, CA from SSL_CERT_FILE)"
-  if ! command -v python3 >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
-    skip "$name: needs python3 and openssl"
-    return 0
-  fi
+  local name="a description is generated through TLS from the bare root (name from /etc/hosts, CA from SSL_CERT_FILE)$SUFFIX"
   local pki=$WORK/pki tls_port fake out _
   mkdir -p "$pki"
   if ! out=$(
@@ -247,9 +287,11 @@ test_upstream() {
     return 0
   fi
   # The image's bundle plus the test CA; and the /etc/hosts a pod gets.
+  unseal
   cat "$CA_BUNDLE" "$pki/ca.crt" >"$RFS/etc/ssl/certs/ca-certificates.crt"
   printf '127.0.0.1 localhost\n127.0.0.1 %s\n' "$AOAI_HOST" >"$RFS/etc/hosts"
   chmod 644 "$RFS/etc/hosts"
+  seal
 
   tls_port=$(free_port)
   python3 -c "$FAKE_AOAI" "$tls_port" "$pki/srv.crt" "$pki/srv.key" "$WORK/aoai-requests.jsonl" >"$WORK/aoai.log" 2>&1 &
@@ -268,16 +310,18 @@ test_upstream() {
     fail "$name" "answer: $DESCRIBED"$'\n'"fake Azure OpenAI saw: $(cat "$WORK/aoai-requests.jsonl" 2>/dev/null)"$'\n'"$(tail -n 30 "$WORK/server2.log")"
   fi
   if [[ $CHECKED == 0 ]]; then
-    pass "'/ai-service check' succeeds against that endpoint from the bare root"
+    pass "'/ai-service check' succeeds against that endpoint from the bare root$SUFFIX"
   else
-    fail "'/ai-service check' succeeds against that endpoint from the bare root" "exit $CHECKED: $CHECK_OUT"
+    fail "'/ai-service check' succeeds against that endpoint from the bare root$SUFFIX" "exit $CHECKED: $CHECK_OUT"
   fi
 
   # The same call with the image's own bundle, which does not vouch for the
   # test CA, must fail: proves certificates are verified against the file.
+  unseal
   cp "$CA_BUNDLE" "$RFS/etc/ssl/certs/ca-certificates.crt"
+  seal
   : >"$WORK/aoai-requests.jsonl"
-  name="a certificate the bundle does not vouch for is refused"
+  name="a certificate the bundle does not vouch for is refused$SUFFIX"
   if describe_via_root "$tls_port" "$WORK/server3.log" && [[ ${DESCRIBED##*$'\n'} != 200 && $CHECKED == 1 && ! -s $WORK/aoai-requests.jsonl ]]; then
     pass "$name"
   else
@@ -331,19 +375,64 @@ report_sizes() {
   }'
 }
 
-main() {
-  if [[ $(id -u) != 0 ]]; then
-    echo "error: this test needs root (it uses chroot). Run it as root, as CI does." >&2
-    exit 1
+# use_mode MODE: the way the next checks run the binary (see root_cmd).
+use_mode() {
+  MODE=$1
+  case $MODE in
+    chroot) SUFFIX=" [chroot]" ;;
+    userns) SUFFIX=" [user namespace]" ;;
+    userns-root) SUFFIX=" [user namespace, as its root]" ;;
+    *)
+      echo "error: STATIC_ROOTFS_MODE must be chroot, userns or userns-root, not '$MODE'." >&2
+      exit 2
+      ;;
+  esac
+}
+
+# Sets MODES to the ways this machine allows, best first: chroot as root, a
+# user namespace mapping the caller to 65532, one mapping it to root. Sets
+# WHY_NOT to what the user-namespace probe said when it failed.
+find_modes() {
+  MODES=()
+  WHY_NOT=""
+  if [[ -n ${STATIC_ROOTFS_MODE:-} ]]; then
+    MODES=("$STATIC_ROOTFS_MODE")
+    return 0
   fi
+  local mode candidates=(userns userns-root)
+  if [[ $(id -u) == 0 ]]; then
+    MODES+=(chroot)
+    # Root's own uid is 0 in any namespace: only the 65532 mapping is a check.
+    candidates=(userns)
+  fi
+  if [[ -z $UNSHARE ]]; then
+    WHY_NOT="unshare is not on PATH (Debian: util-linux)"
+    return 0
+  fi
+  for mode in "${candidates[@]}"; do
+    use_mode "$mode"
+    if probe_mode; then
+      MODES+=("$mode")
+      break
+    fi
+    WHY_NOT=${WHY_NOT:-$(head -n 1 <<<"$PROBE_OUT")}
+  done
+}
+
+main() {
   local tool
-  for tool in curl chroot file ldd; do
+  for tool in curl file ldd python3 openssl; do
     command -v "$tool" >/dev/null 2>&1 || {
-      echo "error: $tool is not on PATH; install it (apt-get install curl coreutils file libc-bin)." >&2
+      echo "error: $tool is not on PATH; install it (Debian: apt-get install curl file libc-bin python3 openssl)." >&2
       exit 1
     }
   done
-  CHROOT=$(command -v chroot)
+  CHROOT=$(command -v chroot || true)
+  UNSHARE=$(command -v unshare || true)
+  [[ -n $CHROOT ]] || {
+    echo "error: chroot is not on PATH; install coreutils." >&2
+    exit 1
+  }
   [[ -r $CA_BUNDLE ]] || {
     echo "error: no CA bundle at $CA_BUNDLE; install ca-certificates." >&2
     exit 1
@@ -353,8 +442,25 @@ main() {
   build
   check_static
   make_root
+  find_modes
+  if [[ ${#MODES[@]} == 0 ]]; then
+    fail "the binary can run in an empty root here" \
+      "this test needs root (for chroot) or unprivileged user namespaces (unshare --user from util-linux), and this machine allows neither (${WHY_NOT}); run it as root, or allow user namespaces (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone or kernel.apparmor_restrict_unprivileged_userns)."
+    summary
+    exit 1
+  fi
+  use_mode "${MODES[0]}"
+  echo "# running the binary in the empty root with $MODE${SUFFIX:+ (checks marked$SUFFIX)}"
   test_server
   test_upstream
+  # As root (CI), the way a contributor without root runs it, too.
+  if [[ ${#MODES[@]} -gt 1 ]]; then
+    use_mode "${MODES[1]}"
+    echo "# and the server checks again the way a non-root user runs them: $MODE"
+    test_server
+  elif [[ $MODE == chroot && -z ${STATIC_ROOTFS_MODE:-} ]]; then
+    echo "# user namespaces are not available here (${WHY_NOT}): the non-root way is not checked"
+  fi
   report_sizes
   summary
 }
