@@ -105,20 +105,44 @@ impl fmt::Debug for CredentialOptions {
     }
 }
 
-/// One source of tokens in the chain, with what a person needs to fix it.
-struct Source {
-    name: &'static str,
-    credential: Arc<dyn TokenCredential>,
-    hints: Hints,
+/// The credentials the chain is built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// The AKS workload identity: the projected token exchanged at Microsoft Entra ID.
+    WorkloadIdentity,
+    /// The node's or VM's managed identity (IMDS), only on opt-in.
+    ManagedIdentity,
+    /// The developer's `az login`.
+    AzureCli,
+    /// The developer's `azd auth login`.
+    AzureDeveloperCli,
 }
 
-impl Source {
-    fn timeout(&self) -> Duration {
-        match self.name {
-            "AzureCliCredential" | "AzureDeveloperCliCredential" => CLI_ACQUIRE_TIMEOUT,
-            _ => HTTP_ACQUIRE_TIMEOUT,
+impl CredentialKind {
+    /// The SDK's name of the credential: logs, metrics and `check`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialKind::WorkloadIdentity => "WorkloadIdentityCredential",
+            CredentialKind::ManagedIdentity => "ManagedIdentityCredential",
+            CredentialKind::AzureCli => "AzureCliCredential",
+            CredentialKind::AzureDeveloperCli => "AzureDeveloperCliCredential",
         }
     }
+
+    /// How long one acquisition may take: a process start for the CLIs, one HTTPS call otherwise.
+    fn timeout(self) -> Duration {
+        match self {
+            CredentialKind::AzureCli | CredentialKind::AzureDeveloperCli => CLI_ACQUIRE_TIMEOUT,
+            CredentialKind::WorkloadIdentity | CredentialKind::ManagedIdentity => HTTP_ACQUIRE_TIMEOUT,
+        }
+    }
+}
+
+/// One source of tokens in the chain, with what a person needs to fix it.
+struct Source {
+    kind: CredentialKind,
+    credential: Arc<dyn TokenCredential>,
+    hints: Hints,
 }
 
 #[derive(Clone, Default)]
@@ -166,7 +190,7 @@ pub fn token_provider(
             Some(ClientAssertionCredentialOptions { client_options }),
         )?;
         sources.push(Source {
-            name: "WorkloadIdentityCredential",
+            kind: CredentialKind::WorkloadIdentity,
             credential,
             hints: Hints {
                 client_id: Some(wi.client_id.clone()),
@@ -181,7 +205,7 @@ pub fn token_provider(
             client_options: client_options(),
         }))?;
         sources.push(Source {
-            name: "ManagedIdentityCredential",
+            kind: CredentialKind::ManagedIdentity,
             credential,
             hints: Hints {
                 client_id: settings.client_id.clone(),
@@ -203,12 +227,12 @@ pub fn token_provider(
             ..Default::default()
         };
         sources.push(Source {
-            name: "AzureCliCredential",
+            kind: CredentialKind::AzureCli,
             credential: cli,
             hints: hints.clone(),
         });
         sources.push(Source {
-            name: "AzureDeveloperCliCredential",
+            kind: CredentialKind::AzureDeveloperCli,
             credential: azd,
             hints,
         });
@@ -644,7 +668,7 @@ impl fmt::Debug for SharedTokenCache {
 impl SharedTokenCache {
     /// The credentials tried, in order: what the startup log names.
     pub fn credential_names(&self) -> Vec<&'static str> {
-        self.sources.iter().map(|s| s.name).collect()
+        self.sources.iter().map(|s| s.kind.name()).collect()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, CacheState> {
@@ -718,7 +742,7 @@ impl SharedTokenCache {
         for index in order {
             let source = &self.sources[index];
             let attempt = tokio::time::timeout(
-                source.timeout(),
+                source.kind.timeout(),
                 source
                     .credential
                     .get_token(&[&self.scope], Some(TokenRequestOptions::default())),
@@ -727,22 +751,22 @@ impl SharedTokenCache {
             let message = match attempt {
                 Ok(Ok(AccessToken { token, expires_on, .. })) => {
                     self.sticky.store(index, Ordering::Relaxed);
-                    self.metrics.token(source.name, "success");
-                    tracing::info!(credential = source.name, expires_on = %expires_on, "acquired a Microsoft Entra token");
+                    self.metrics.token(source.kind.name(), "success");
+                    tracing::info!(credential = source.kind.name(), expires_on = %expires_on, "acquired a Microsoft Entra token");
                     return Ok(BearerToken {
                         secret: SecretString::from(token.secret().to_owned()),
                         expires_on,
-                        credential: source.name,
+                        credential: source.kind.name(),
                     });
                 }
-                Ok(Err(err)) => explain(source.name, &source.hints, &self.scope, &err),
-                Err(_) => timed_out(source.name, &source.hints, source.timeout()),
+                Ok(Err(err)) => explain(source.kind, &source.hints, &self.scope, &err),
+                Err(_) => timed_out(source.kind, &source.hints, source.kind.timeout()),
             };
-            self.metrics.token(source.name, "failure");
+            self.metrics.token(source.kind.name(), "failure");
             // Only our sentence is logged: the SDK's text may quote a CLI's output.
-            tracing::warn!(credential = source.name, error = %message, "token acquisition failed");
+            tracing::warn!(credential = source.kind.name(), error = %message, "token acquisition failed");
             failures.push(TokenError {
-                credential: source.name,
+                credential: source.kind.name(),
                 message,
             });
         }
@@ -844,22 +868,22 @@ fn transport_reason(text: &str) -> (&'static str, &'static str) {
 }
 
 /// The sentence for a credential that did not answer within its timeout.
-fn timed_out(credential: &'static str, hints: &Hints, timeout: Duration) -> String {
+fn timed_out(credential: CredentialKind, hints: &Hints, timeout: Duration) -> String {
     let seconds = timeout.as_secs();
     match credential {
-        "WorkloadIdentityCredential" => format!(
+        CredentialKind::WorkloadIdentity => format!(
             "Workload identity: {} did not answer with a token within {seconds} s. \
              Check the pod's DNS and egress to the authority host (AZURE_AUTHORITY_HOST).",
             hints.authority.as_deref().unwrap_or("Microsoft Entra ID")
         ),
-        "AzureCliCredential" => format!(
+        CredentialKind::AzureCli => format!(
             "Azure CLI: `az account get-access-token` did not finish within {seconds} s. \
              Run it yourself to see why, then `az login` if needed."
         ),
-        "AzureDeveloperCliCredential" => {
+        CredentialKind::AzureDeveloperCli => {
             format!("Azure Developer CLI: `azd auth token` did not finish within {seconds} s; run `azd auth login`.")
         }
-        _ => format!(
+        CredentialKind::ManagedIdentity => format!(
             "Managed identity: the instance metadata endpoint (IMDS) did not answer within {seconds} s. \
              Check that this machine has a managed identity (AZURE_USE_MANAGED_IDENTITY is set)."
         ),
@@ -871,12 +895,12 @@ fn timed_out(credential: &'static str, hints: &Hints, timeout: Duration) -> Stri
 /// Built only from our own words, the settings, Microsoft Entra ID's error codes and the
 /// service account token's issuer, subject, audience and expiry: never from a token, an
 /// assertion, a signature or a tool's raw output.
-fn explain(credential: &'static str, hints: &Hints, scope: &str, err: &azure_core::Error) -> String {
+fn explain(credential: CredentialKind, hints: &Hints, scope: &str, err: &azure_core::Error) -> String {
     let text = chain_text(err);
     let has = |needle: &str| text.contains(needle);
     match credential {
-        "WorkloadIdentityCredential" => explain_workload_identity(hints, scope, err, &text),
-        "AzureCliCredential" => {
+        CredentialKind::WorkloadIdentity => explain_workload_identity(hints, scope, err, &text),
+        CredentialKind::AzureCli => {
             let tenant = hints
                 .tenant_id
                 .as_deref()
@@ -898,14 +922,14 @@ fn explain(credential: &'static str, hints: &Hints, scope: &str, err: &azure_cor
                 )
             }
         }
-        "AzureDeveloperCliCredential" => {
+        CredentialKind::AzureDeveloperCli => {
             if has("not found on PATH") || has("wasn't found on PATH") || has("command not found") {
                 "Azure Developer CLI: `azd` was not found on PATH.".to_owned()
             } else {
                 "Azure Developer CLI: `azd auth token` failed; run `azd auth login`.".to_owned()
             }
         }
-        _ => {
+        CredentialKind::ManagedIdentity => {
             let client_id = hints.client_id.as_deref().unwrap_or("<system-assigned>");
             if is_transport(err) {
                 format!(

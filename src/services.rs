@@ -6,11 +6,11 @@ use std::{sync::Arc, time::Duration};
 use azure_identity::Executor;
 
 use crate::{
-    config::{self, AzureAuth as AzureAuthSettings, Backend, Limits, Settings},
+    config::{self, AzureAuth, Backend, Limits, Settings},
     credential::{self, CredentialOptions, SharedTokenCache, TokenProvider},
     llm::{
         ChatModel, ImageModel, UpstreamClient,
-        azure::{self, AzureAuth, AzureChat, AzureImage},
+        azure::{self, AzureChat, AzureImage},
         offline::OfflineGenerator,
         openai::OpenAiCompatible,
         pool::{Auth, Capability, Pool, PoolOptions},
@@ -177,8 +177,9 @@ pub fn build_services(settings: &Settings, deps: Dependencies) -> Result<Service
         }
         Backend::Azure(azure_settings) => {
             let auth = match &azure_settings.auth {
-                AzureAuthSettings::ApiKey(key) => AzureAuth::ApiKey(key.clone()),
-                AzureAuthSettings::Entra(entra) => {
+                // Settings refuse a deployment without any key; one with its own key overrides this.
+                AzureAuth::ApiKey(key) => key.clone().map_or(Auth::None, Auth::ApiKey),
+                AzureAuth::Entra(entra) => {
                     let provider: Arc<dyn TokenProvider> = match &deps.token_provider {
                         Some(provider) => provider.clone(),
                         None => {
@@ -195,7 +196,7 @@ pub fn build_services(settings: &Settings, deps: Dependencies) -> Result<Service
                         }
                     };
                     tokens = Some(provider.clone());
-                    AzureAuth::Entra(provider)
+                    Auth::Entra(provider)
                 }
             };
             let pool = |deployments: &[config::DeploymentSettings], operation: &str, capability| {

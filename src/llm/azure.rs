@@ -1,9 +1,6 @@
 //! Azure OpenAI: chat completions and image generations on a pool of deployments,
 //! authenticated with an `api-key` or a Microsoft Entra bearer token.
 
-use std::sync::Arc;
-
-use secrecy::SecretString;
 use url::Url;
 
 use super::{
@@ -11,19 +8,7 @@ use super::{
     parse_chat_completion, parse_image_generation,
     pool::{Auth, Pool, Target},
 };
-use crate::{
-    config::{ApiVersion, DeploymentSettings},
-    credential::TokenProvider,
-};
-
-/// How every deployment of the pools is authenticated.
-#[derive(Clone)]
-pub enum AzureAuth {
-    /// `api-key`: the deployment's own key, else this one.
-    ApiKey(Option<SecretString>),
-    /// `Authorization: Bearer` from the shared token cache (one token serves every resource).
-    Entra(Arc<dyn TokenProvider>),
-}
+use crate::config::{ApiVersion, DeploymentSettings};
 
 /// `{endpoint}/openai/deployments/{deployment}/{operation}?api-version={version}`.
 pub fn deployment_url(endpoint: &Url, deployment: &str, operation: &str, api_version: &str) -> Url {
@@ -53,24 +38,19 @@ pub fn v1_url(endpoint: &Url, operation: &str) -> Url {
 }
 
 /// The pool member for one configured deployment and `operation` (`chat/completions`,
-/// `images/generations`).
-pub fn target(deployment: &DeploymentSettings, operation: &str, auth: &AzureAuth) -> Target {
+/// `images/generations`), authenticated with its own key when it has one, else with `shared`
+/// (the one Entra token, or `AZURE_OPENAI_API_KEY`).
+pub fn target(deployment: &DeploymentSettings, operation: &str, shared: &Auth) -> Target {
     let (url, model) = match &deployment.api_version {
-        ApiVersion::V1 => (
-            v1_url(&deployment.endpoint, operation),
-            Some(deployment.deployment.clone()),
-        ),
+        ApiVersion::V1 => (v1_url(&deployment.endpoint, operation), Some(deployment.deployment.clone())),
         ApiVersion::Dated(version) => (
             deployment_url(&deployment.endpoint, &deployment.deployment, operation, version),
             None,
         ),
     };
-    let auth = match (auth, &deployment.api_key) {
-        (AzureAuth::Entra(tokens), _) => Auth::Entra(Arc::clone(tokens)),
-        (AzureAuth::ApiKey(_), Some(own)) => Auth::ApiKey(own.clone()),
-        (AzureAuth::ApiKey(Some(shared)), None) => Auth::ApiKey(shared.clone()),
-        // Settings refuse a key-mode deployment without any key; sending none gets a 401 that says so.
-        (AzureAuth::ApiKey(None), None) => Auth::None,
+    let auth = match &deployment.api_key {
+        Some(own) => Auth::ApiKey(own.clone()),
+        None => shared.clone(),
     };
     Target {
         name: deployment.deployment.clone(),
