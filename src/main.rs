@@ -31,10 +31,13 @@ async fn main() -> ExitCode {
             Err(reason) => usage_error(&reason),
         },
         Some("healthcheck") => healthcheck().await,
-        Some("openapi") => {
-            let yaml = ai_service::routes::openapi().to_yaml().unwrap_or_default();
-            exit(std::io::stdout().write_all(yaml.as_bytes()).is_ok())
-        }
+        Some("openapi") => match ai_service::routes::openapi().to_yaml() {
+            Ok(yaml) => exit(std::io::stdout().write_all(yaml.as_bytes()).is_ok()),
+            Err(err) => {
+                let _ = writeln!(std::io::stderr(), "could not write the OpenAPI document as YAML: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Some("-V" | "--version") => {
             exit(writeln!(std::io::stdout(), "ai-service {}", env!("CARGO_PKG_VERSION")).is_ok())
         }

@@ -250,6 +250,24 @@ fn the_schema_check_itself_rejects_a_request_the_official_description_forbids() 
     assert!(result.is_err());
 }
 
+#[tokio::test]
+#[should_panic(
+    expected = "the mock's responder failed on request 0 (POST /openai/deployments/gpt-5-mini/chat/completions): the request has no field `missing`"
+)]
+async fn a_failed_assertion_in_a_mock_s_responder_is_reported_with_its_cause() {
+    let azure = MockServer::start(|request, _| {
+        assert!(
+            request.json().get("missing").is_some(),
+            "the request has no field `missing`"
+        );
+        MockResponse::json(200, chat_completion("never"))
+    })
+    .await;
+    let app = spawn_app(azure_key_vars(&azure)).await;
+    let _ = app.post_description(&json!({"name": "Bone", "tags": []})).await;
+    azure.count();
+}
+
 #[test]
 fn the_answers_the_mocks_give_match_the_official_response_schemas() {
     // The mocks must answer what Azure OpenAI answers, or the tests prove nothing about production.

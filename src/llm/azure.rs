@@ -42,7 +42,10 @@ pub fn v1_url(endpoint: &Url, operation: &str) -> Url {
 /// (the one Entra token, or `AZURE_OPENAI_API_KEY`).
 pub fn target(deployment: &DeploymentSettings, operation: &str, shared: &Auth) -> Target {
     let (url, model) = match &deployment.api_version {
-        ApiVersion::V1 => (v1_url(&deployment.endpoint, operation), Some(deployment.deployment.clone())),
+        ApiVersion::V1 => (
+            v1_url(&deployment.endpoint, operation),
+            Some(deployment.deployment.clone()),
+        ),
         ApiVersion::Dated(version) => (
             deployment_url(&deployment.endpoint, &deployment.deployment, operation, version),
             None,

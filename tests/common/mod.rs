@@ -142,6 +142,8 @@ pub struct MockServer {
     pub address: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
     responder: Arc<Mutex<Arc<Responder>>>,
+    /// Assertions that failed inside the responder, reported when the test reads the mock.
+    failures: Arc<Mutex<Vec<String>>>,
     handle: axum_server::Handle,
 }
 
@@ -158,9 +160,10 @@ impl MockServer {
     async fn start_with(tls: bool, respond: impl Fn(&Recorded, usize) -> MockResponse + Send + Sync + 'static) -> Self {
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let responder: Arc<Mutex<Arc<Responder>>> = Arc::new(Mutex::new(Arc::new(respond)));
-        let (recorded, current) = (requests.clone(), responder.clone());
+        let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (recorded, current, failed) = (requests.clone(), responder.clone(), failures.clone());
         let router = Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let (recorded, current) = (recorded.clone(), current.clone());
+            let (recorded, current, failed) = (recorded.clone(), current.clone(), failed.clone());
             async move {
                 let query = uri
                     .query()
@@ -180,7 +183,25 @@ impl MockServer {
                     all.len() - 1
                 };
                 let respond = current.lock().unwrap().clone();
-                let answer = respond(&request, index);
+                // An assertion inside the responder must name its cause, not drop the connection
+                // and surface later as a puzzling status: it is kept, answered as a 599, and
+                // re-raised by `requests()`, `count()` or the mock's drop.
+                let answer = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| respond(&request, index))) {
+                    Ok(answer) => answer,
+                    Err(panic) => {
+                        let cause = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                            .unwrap_or_else(|| "a panic without a message".to_owned());
+                        let message = format!(
+                            "the mock's responder failed on request {index} ({} {}): {cause}",
+                            request.method, request.path
+                        );
+                        failed.lock().unwrap().push(message.clone());
+                        MockResponse::raw(599, "text/plain", message.as_bytes())
+                    }
+                };
                 if !answer.delay.is_zero() {
                     tokio::time::sleep(answer.delay).await;
                 }
@@ -220,6 +241,7 @@ impl MockServer {
             address,
             requests,
             responder,
+            failures,
             handle,
         }
     }
@@ -230,11 +252,20 @@ impl MockServer {
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
+        self.raise_failures();
         self.requests.lock().unwrap().clone()
     }
 
     pub fn count(&self) -> usize {
+        self.raise_failures();
         self.requests.lock().unwrap().len()
+    }
+
+    fn raise_failures(&self) {
+        let failures = self.failures.lock().unwrap().clone();
+        if !failures.is_empty() && !std::thread::panicking() {
+            panic!("{}", failures.join("\n"));
+        }
     }
 
     pub fn stop(&self) {
@@ -245,6 +276,7 @@ impl MockServer {
 impl Drop for MockServer {
     fn drop(&mut self) {
         self.handle.shutdown();
+        self.raise_failures();
     }
 }
 
