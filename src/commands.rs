@@ -79,26 +79,18 @@ pub async fn check(
     out: &mut dyn Write,
 ) -> bool {
     let missing = missing_workload_identity(&vars);
-    let settings = match Settings::from_source(vars) {
-        Ok(settings) => settings,
-        Err(err) => {
-            say(out, format_args!("configuration: FAILED: {err}"));
-            if let Some(missing) = missing {
-                say(
-                    out,
-                    format_args!(
-                        "workload identity: FAILED: {}",
-                        explain_missing_workload_identity(missing)
-                    ),
-                );
+    let settings = Settings::from_source(vars);
+    match &settings {
+        Ok(settings) => {
+            say(out, format_args!("configuration: ok ({})", settings.summary()));
+            for warning in &settings.warnings {
+                say(out, format_args!("warning: {warning}"));
             }
-            return false;
         }
-    };
-    say(out, format_args!("configuration: ok ({})", settings.summary()));
-    for warning in &settings.warnings {
-        say(out, format_args!("warning: {warning}"));
+        Err(err) => say(out, format_args!("configuration: FAILED: {err}")),
     }
+    // Said after the configuration either way: the missing webhook variables are the cause of
+    // a configuration error as often as they are of a failed token exchange.
     if let Some(missing) = missing {
         say(
             out,
@@ -109,6 +101,9 @@ pub async fn check(
         );
         return false;
     }
+    let Ok(settings) = settings else {
+        return false;
+    };
     if let Some(sentence) = regional_endpoint(&settings) {
         say(out, format_args!("endpoint: FAILED: {sentence}"));
         return false;

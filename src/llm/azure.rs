@@ -5,7 +5,7 @@ use url::Url;
 
 use super::{
     CallContext, ChatCompletionRequest, ChatModel, ChatPrompt, GeneratedImage, ImageModel, ProductFacts, UpstreamError,
-    parse_chat_completion, parse_image_generation,
+    encode, parse_chat_completion, parse_image_generation,
     pool::{Auth, Pool, Target},
 };
 use crate::config::{ApiVersion, DeploymentSettings};
@@ -77,8 +77,7 @@ impl ChatModel for AzureChat {
         _: &ProductFacts,
         ctx: &CallContext,
     ) -> Result<String, UpstreamError> {
-        let body = serde_json::to_value(ChatCompletionRequest::new(prompt, None))
-            .map_err(|err| UpstreamError::InvalidResponse(format!("could not encode the request: {err}")))?;
+        let body = encode(&ChatCompletionRequest::new(prompt, None))?;
         parse_chat_completion(&self.0.post(&body, ctx).await?)
     }
 }
@@ -109,8 +108,7 @@ impl ImageModel for AzureImage {
             n: 1,
             size: "1024x1024",
         };
-        let body = serde_json::to_value(request)
-            .map_err(|err| UpstreamError::InvalidResponse(format!("could not encode the request: {err}")))?;
+        let body = encode(&request)?;
         parse_image_generation(&self.0.post(&body, ctx).await?)
     }
 }

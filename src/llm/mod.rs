@@ -208,6 +208,12 @@ struct ChatResponseMessage {
     refusal: Option<String>,
 }
 
+/// A request body as JSON, for a pool to send (and add a `model` to where the API wants one).
+pub fn encode(body: &impl Serialize) -> Result<serde_json::Value, UpstreamError> {
+    serde_json::to_value(body)
+        .map_err(|err| UpstreamError::InvalidResponse(format!("could not encode the request: {err}")))
+}
+
 /// Extracts the first choice's text; a filtered or empty answer is an error, never an empty description.
 pub fn parse_chat_completion(body: &[u8]) -> Result<String, UpstreamError> {
     let response: ChatCompletionResponse = serde_json::from_slice(body)
