@@ -191,23 +191,33 @@ impl Member {
         self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Why the member cannot take a request at `now`, if it cannot; changes nothing.
+    fn unusable(&self, now: Instant) -> Option<Unusable> {
+        match self.health().state {
+            State::Ok => None,
+            State::Cooling(until) | State::SetAside { until, .. } if now >= until => None,
+            State::Cooling(until) => Some(Unusable::Cooling(until)),
+            State::SetAside { until, status } => Some(Unusable::SetAside(until, status)),
+            State::Open { until, trial: false } if now >= until => None,
+            State::Open { until, .. } => Some(Unusable::Open(until)),
+        }
+    }
+
     /// Takes the member for one attempt if it is usable at `now` (an expired open circuit
     /// gives one caller the trial).
-    fn take(&self, now: Instant) -> Result<bool, Unusable> {
+    fn take(&self, now: Instant) -> Option<bool> {
         let mut health = self.health();
         match health.state {
-            State::Ok => Ok(false),
+            State::Ok => Some(false),
             State::Cooling(until) | State::SetAside { until, .. } if now >= until => {
                 health.state = State::Ok;
-                Ok(false)
+                Some(false)
             }
-            State::Cooling(until) => Err(Unusable::Cooling(until)),
-            State::SetAside { until, status } => Err(Unusable::SetAside(until, status)),
             State::Open { until, trial: false } if now >= until => {
                 health.state = State::Open { until, trial: true };
-                Ok(true)
+                Some(true)
             }
-            State::Open { until, .. } => Err(Unusable::Open(until)),
+            State::Cooling(_) | State::SetAside { .. } | State::Open { .. } => None,
         }
     }
 }
@@ -430,15 +440,15 @@ impl Pool {
         let count = self.members.len();
         (0..count)
             .map(|offset| (start + offset) % count)
-            .find_map(|index| self.members[index].take(now).ok().map(|trial| (index, trial)))
+            .find_map(|index| self.members[index].take(now).map(|trial| (index, trial)))
     }
 
     /// When the first cooling member becomes usable, if any is cooling.
     fn earliest_cooldown(&self, now: Instant) -> Option<Instant> {
         self.members
             .iter()
-            .filter_map(|m| match m.take(now) {
-                Err(Unusable::Cooling(until)) => Some(until),
+            .filter_map(|m| match m.unusable(now) {
+                Some(Unusable::Cooling(until)) => Some(until),
                 _ => None,
             })
             .min()
@@ -456,18 +466,11 @@ impl Pool {
         let mut open = None::<Instant>;
         let mut set_aside = None::<(Instant, u16, &Target)>;
         for member in &self.members {
-            match member.take(now) {
-                Ok(trial) => {
-                    // Usable after all (time passed): hand the trial back and report the attempts' error.
-                    if trial {
-                        drop(TrialGuard {
-                            member: Some(member.as_ref()),
-                        });
-                    }
-                }
-                Err(Unusable::Cooling(until)) => cooling = Some(cooling.map_or(until, |c| c.min(until))),
-                Err(Unusable::Open(until)) => open = Some(open.map_or(until, |o| o.min(until))),
-                Err(Unusable::SetAside(until, status)) => {
+            match member.unusable(now) {
+                None => {}
+                Some(Unusable::Cooling(until)) => cooling = Some(cooling.map_or(until, |c| c.min(until))),
+                Some(Unusable::Open(until)) => open = Some(open.map_or(until, |o| o.min(until))),
+                Some(Unusable::SetAside(until, status)) => {
                     if set_aside.is_none_or(|(first, ..)| until < first) {
                         set_aside = Some((until, status, &member.target));
                     }
