@@ -467,14 +467,12 @@ impl Pool {
         let mut set_aside = None::<(Instant, u16, &Target)>;
         for member in &self.members {
             match member.unusable(now) {
-                None => {}
                 Some(Unusable::Cooling(until)) => cooling = Some(cooling.map_or(until, |c| c.min(until))),
                 Some(Unusable::Open(until)) => open = Some(open.map_or(until, |o| o.min(until))),
-                Some(Unusable::SetAside(until, status)) => {
-                    if set_aside.is_none_or(|(first, ..)| until < first) {
-                        set_aside = Some((until, status, &member.target));
-                    }
+                Some(Unusable::SetAside(until, status)) if set_aside.is_none_or(|(first, ..)| until < first) => {
+                    set_aside = Some((until, status, &member.target));
                 }
+                Some(Unusable::SetAside(..)) | None => {}
             }
         }
         let wait = |until: Instant| until.saturating_duration_since(now);
