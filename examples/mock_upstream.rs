@@ -7,7 +7,8 @@
 //! chat answer waits the latency plus up to this much more, uniformly; default 0).
 //! `GET /stats` returns the request counts; `PUT /latency/{ms}` changes the latency.
 //! Image generations answer a ~2 MB PNG as `b64_json` (as gpt-image does) after
-//! `MOCK_IMAGE_LATENCY_MS` (default 1000).
+//! `MOCK_IMAGE_LATENCY_MS` (default 1000). A chat deployment whose name starts with
+//! `throttled` answers 429 at once with `retry-after-ms: 0`.
 
 use std::{
     sync::{
@@ -30,6 +31,7 @@ struct Counters {
     jitter_ms: AtomicU64,
     token_requests: AtomicU64,
     chat_requests: AtomicU64,
+    throttled_requests: AtomicU64,
     token_lifetime: AtomicU64,
 }
 
@@ -95,7 +97,19 @@ async fn token(State(counters): State<Arc<Counters>>) -> Json<Value> {
     )
 }
 
-async fn chat(State(counters): State<Arc<Counters>>) -> Json<Value> {
+async fn chat(State(counters): State<Arc<Counters>>, Path(deployment): Path<String>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if deployment.starts_with("throttled") {
+        // A deployment out of quota, as Azure answers it: at once, with a hint of 0 ms so
+        // that every request tries it first and fails over (bench/failover.sh).
+        counters.throttled_requests.fetch_add(1, Ordering::Relaxed);
+        return (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after-ms", "0")],
+            Json(json!({"error": {"code": "429", "message": "Rate limit is exceeded."}})),
+        )
+            .into_response();
+    }
     counters.chat_requests.fetch_add(1, Ordering::Relaxed);
     let jitter = counters.jitter_ms.load(Ordering::Relaxed);
     let latency = counters.latency_ms.load(Ordering::Relaxed) + if jitter > 0 { fastrand::u64(0..=jitter) } else { 0 };
@@ -109,6 +123,7 @@ async fn chat(State(counters): State<Arc<Counters>>) -> Json<Value> {
                                  "content": "A squeaky, bouncy, tail-wagging good time for every good dog."}}],
         "usage": {"prompt_tokens": 60, "completion_tokens": 20, "total_tokens": 80}
     }))
+    .into_response()
 }
 
 async fn image() -> axum::response::Response {
@@ -136,6 +151,7 @@ async fn stats(State(counters): State<Arc<Counters>>) -> Json<Value> {
     Json(json!({
         "token_requests": counters.token_requests.load(Ordering::Relaxed),
         "chat_requests": counters.chat_requests.load(Ordering::Relaxed),
+        "throttled_requests": counters.throttled_requests.load(Ordering::Relaxed),
     }))
 }
 
