@@ -8,12 +8,13 @@
 
 #![allow(clippy::print_stderr)]
 
-mod common;
+#[path = "api/helpers.rs"]
+mod helpers;
 
 use std::time::Duration;
 
 use ai_service::config::LogFormat;
-use common::*;
+use helpers::*;
 use serde_json::json;
 
 const AZURE_KEY: &str = "azkey-7f3a9c1e5b2d4f6a8c0e2b4d";

@@ -4,8 +4,6 @@
 
 #![allow(clippy::print_stderr)]
 
-mod common;
-
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -16,8 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::helpers::*;
 use ai_service::{Dependencies, build_services, config::Settings};
-use common::*;
 use serde_json::{Value, json};
 use tokio::{sync::Semaphore, task::JoinSet};
 

@@ -4,14 +4,12 @@
 
 #![allow(clippy::print_stderr)]
 
-mod common;
-
 use std::{
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::helpers::*;
 use serde_json::json;
 
 /// Polls `condition` every 10 ms for up to `within`.

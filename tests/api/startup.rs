@@ -1,8 +1,6 @@
 //! The built binary as Kubernetes runs it: a cleared environment, a fresh working directory,
 //! fail-fast configuration errors, the offline default, `.env`, JSON logs and SIGTERM.
 
-mod common;
-
 use std::{
     io::{BufRead, BufReader, Read},
     path::Path,
@@ -12,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::free_port;
+use crate::helpers::free_port;
 use serde_json::Value;
 
 /// How long a process may take to start, fail or stop.

@@ -1,11 +1,9 @@
 //! The HTTP surface around the routes: `/health`, CORS, request ids, 404/405, the OpenAPI
 //! document and the docs page, and a `/health` that never waits on an upstream.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::helpers::*;
 use serde_json::{Value, json};
 
 fn product() -> Value {

@@ -2,8 +2,6 @@
 //! rule with the exact number of requests every mock received, waits for cooldowns, the
 //! fail-fast 503, the v1 API and the file that defines the pools.
 
-mod common;
-
 use std::{
     sync::{
         Arc,
@@ -12,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::helpers::*;
 use serde_json::{Value, json};
 
 const KEY: &str = "test-azure-api-key-0123456789";

@@ -8,8 +8,6 @@
 
 #![allow(clippy::print_stderr)]
 
-mod common;
-
 use std::{
     sync::{
         Arc, Mutex,
@@ -18,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::helpers::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -1,8 +1,6 @@
 //! `GET /metrics` counts what happened, in the Prometheus text format.
 
-mod common;
-
-use common::*;
+use crate::helpers::*;
 use serde_json::json;
 use std::time::Duration;
 

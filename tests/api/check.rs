@@ -5,19 +5,17 @@
 
 #![allow(clippy::print_stderr)]
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
 };
 
+use crate::helpers::*;
 use ai_service::{
     Dependencies,
     commands::{self, CheckOptions},
 };
-use common::*;
 use serde_json::{Value, json};
 
 const SCOPE: &str = "https://cognitiveservices.azure.com/.default";
