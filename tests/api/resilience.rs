@@ -210,12 +210,6 @@ async fn the_image_route_has_its_own_budget() {
     assert_eq!(azure.count(), 1);
 }
 
-/// A port on which nothing listens.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// `ai_service_<name>{<labels>} <value>` from `/metrics`.
 async fn metric(app: &TestApp, name_and_labels: &str) -> u64 {
     let text = app.get("/metrics").await.text().await.unwrap();
@@ -227,7 +221,7 @@ async fn metric(app: &TestApp, name_and_labels: &str) -> u64 {
 #[tokio::test]
 async fn a_refused_connection_is_retried_then_answered_502_quickly() {
     // Arrange: an endpoint where nothing listens; 1 retry.
-    let url = format!("https://127.0.0.1:{}/", closed_port());
+    let url = format!("https://127.0.0.1:{}/", free_port());
     let app = spawn_app(azure_vars_at(&url, &[("UPSTREAM_MAX_RETRIES", "1")])).await;
 
     // Act

@@ -1,195 +1,51 @@
 //! The built binary as Kubernetes runs it: a cleared environment, a fresh working directory,
 //! fail-fast configuration errors, the offline default, `.env`, JSON logs and SIGTERM.
 
-use std::{
-    io::{BufRead, BufReader, Read},
-    path::Path,
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
-    thread::JoinHandle,
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
-use crate::helpers::free_port;
+use crate::helpers::{Binary, Running, free_port};
 use serde_json::Value;
 
-/// How long a process may take to start, fail or stop.
-const PATIENCE: Duration = Duration::from_secs(5);
-
-/// Removes ANSI colour sequences (`ESC [ … m`) from a log line.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for inner in chars.by_ref() {
-                if inner.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// Starts the binary in `dir` with only PATH and `env` set.
+fn start(dir: &Path, env: &[(&str, &str)]) -> Running {
+    Binary::new(dir).vars(env).spawn()
 }
 
-/// The service binary running as a child process, with its stdout and stderr collected line by line.
-struct Service {
-    child: Child,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            into.lock().unwrap().push(line);
-        }
-    })
-}
-
-impl Service {
-    /// Starts the binary in `dir` with only PATH and `env` set.
-    fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ai-service"));
-        command
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
-            )
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().expect("the binary starts");
-        let (stdout, stderr) = (Arc::default(), Arc::default());
-        let readers = vec![
-            collect(child.stdout.take().unwrap(), Arc::clone(&stdout)),
-            collect(child.stderr.take().unwrap(), Arc::clone(&stderr)),
-        ];
-        Self {
-            child,
-            stdout,
-            stderr,
-            readers,
-        }
-    }
-
-    /// Waits at most [`PATIENCE`] for the process to exit, then returns its status and all its output.
-    fn wait_for_exit(&mut self) -> (ExitStatus, Vec<String>) {
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "the process did not exit within {PATIENCE:?}; output so far: {:#?}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        for reader in self.readers.drain(..) {
-            reader.join().unwrap();
-        }
-        (status, self.output())
-    }
-
-    /// Everything printed so far, stdout then stderr, without colours.
-    fn output(&self) -> Vec<String> {
-        let stdout = self.stdout.lock().unwrap().clone();
-        let stderr = self.stderr.lock().unwrap().clone();
-        stdout.iter().chain(&stderr).map(|l| strip_ansi(l)).collect()
-    }
-
-    /// Polls `GET /health` until it answers (at most [`PATIENCE`]) and returns the body.
-    async fn wait_for_health(&mut self, port: u16) -> Value {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(1))
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap();
-        let started = Instant::now();
-        loop {
-            if let Ok(response) = client.get(format!("http://127.0.0.1:{port}/health")).send().await {
-                assert_eq!(response.status().as_u16(), 200);
-                return response.json().await.unwrap();
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "the service exited with {status} before answering: {:#?}",
-                    self.output()
-                );
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "/health did not answer within {PATIENCE:?}: {:#?}",
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Sends SIGTERM, as Kubernetes does, and waits for the exit.
-    fn terminate(&mut self) -> (ExitStatus, Vec<String>) {
-        let pid = self.child.id().to_string();
-        let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(kill.success());
-        self.wait_for_exit()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        // Only our own child, by its handle, if a failed assertion left it running.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Runs a configuration that must not start: exits non-zero in time, and returns the output.
-fn refused(env: &[(&str, &str)]) -> String {
+/// Runs a configuration that must not start: exits non-zero, and returns the output.
+async fn refused(env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let mut service = Service::start(dir.path(), env);
-    let started = Instant::now();
-    let (status, output) = service.wait_for_exit();
-    assert!(!status.success(), "started anyway: {output:#?}");
-    assert!(started.elapsed() < PATIENCE);
+    let done = start(dir.path(), env).wait_for_exit().await;
+    let output = done.output();
+    assert!(!done.status.success(), "started anyway: {output:#?}");
     output.join("\n")
 }
 
-#[test]
-fn a_partial_azure_configuration_exits_non_zero_naming_azure_openai_endpoint() {
+#[tokio::test]
+async fn a_partial_azure_configuration_exits_non_zero_naming_azure_openai_endpoint() {
     let output = refused(&[
         ("USE_AZURE_OPENAI", "True"),
         ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-5-mini"),
-    ]);
+    ])
+    .await;
 
     assert!(output.contains("AZURE_OPENAI_ENDPOINT"), "{output}");
 }
 
-#[test]
-fn an_endpoint_without_use_azure_openai_exits_non_zero_naming_use_azure_openai() {
-    let output = refused(&[("AZURE_OPENAI_ENDPOINT", "https://myaoai.openai.azure.com/")]);
+#[tokio::test]
+async fn an_endpoint_without_use_azure_openai_exits_non_zero_naming_use_azure_openai() {
+    let output = refused(&[("AZURE_OPENAI_ENDPOINT", "https://myaoai.openai.azure.com/")]).await;
 
     assert!(output.contains("USE_AZURE_OPENAI"), "{output}");
 }
 
-#[test]
-fn azure_without_a_key_or_entra_exits_non_zero_naming_azure_openai_api_key() {
+#[tokio::test]
+async fn azure_without_a_key_or_entra_exits_non_zero_naming_azure_openai_api_key() {
     let output = refused(&[
         ("USE_AZURE_OPENAI", "True"),
         ("AZURE_OPENAI_ENDPOINT", "https://myaoai.openai.azure.com/"),
         ("AZURE_OPENAI_DEPLOYMENT_NAME", "gpt-5-mini"),
-    ]);
+    ])
+    .await;
 
     assert!(output.contains("AZURE_OPENAI_API_KEY"), "{output}");
 }
@@ -199,11 +55,12 @@ async fn with_nothing_configured_it_starts_offline_warns_and_exits_0_on_sigterm(
     // Arrange
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut service = Service::start(dir.path(), &[("PORT", &port.to_string())]);
+    let mut service = start(dir.path(), &[("PORT", &port.to_string())]);
 
     // Act
     let health = service.wait_for_health(port).await;
-    let (status, output) = service.terminate();
+    let done = service.terminate().await;
+    let (status, output) = (done.status, done.output());
 
     // Assert
     assert_eq!(health["backend"], "offline", "{health}");
@@ -223,7 +80,7 @@ async fn the_startup_log_shows_that_a_key_is_set_but_never_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let key = "sk-startup-secret-0123456789abcdef";
-    let mut service = Service::start(
+    let mut service = start(
         dir.path(),
         &[
             ("PORT", &port.to_string()),
@@ -236,7 +93,8 @@ async fn the_startup_log_shows_that_a_key_is_set_but_never_the_key() {
 
     // Act
     let health = service.wait_for_health(port).await;
-    let (status, output) = service.terminate();
+    let done = service.terminate().await;
+    let (status, output) = (done.status, done.output());
 
     // Assert
     assert_eq!(health["backend"], "azure-openai");
@@ -270,14 +128,14 @@ async fn a_dotenv_file_is_loaded_but_never_overrides_the_environment() {
     .unwrap();
 
     // Act: only .env
-    let mut service = Service::start(dir.path(), &[]);
+    let mut service = start(dir.path(), &[]);
     let from_dotenv = service.wait_for_health(port).await;
-    let (status, _) = service.terminate();
+    let status = service.terminate().await.status;
     assert!(status.success());
     // Act: .env and the environment (PORT still comes from .env)
-    let mut service = Service::start(dir.path(), &[("APP_VERSION", "from-env")]);
+    let mut service = start(dir.path(), &[("APP_VERSION", "from-env")]);
     let from_env = service.wait_for_health(port).await;
-    service.terminate();
+    service.terminate().await;
 
     // Assert
     assert_eq!(from_dotenv["version"], "from-dotenv");
@@ -289,15 +147,15 @@ async fn log_format_json_prints_one_json_object_per_line() {
     // Arrange
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut service = Service::start(dir.path(), &[("PORT", &port.to_string()), ("LOG_FORMAT", "json")]);
+    let mut service = start(dir.path(), &[("PORT", &port.to_string()), ("LOG_FORMAT", "json")]);
 
     // Act
     service.wait_for_health(port).await;
-    let (status, _) = service.terminate();
+    let done = service.terminate().await;
 
     // Assert
-    assert!(status.success());
-    let lines = service.stdout.lock().unwrap().clone();
+    assert!(done.status.success());
+    let lines = done.stdout;
     assert!(lines.len() >= 3, "{lines:#?}");
     let mut messages = Vec::new();
     for line in &lines {
@@ -331,7 +189,7 @@ async fn empty_values_mean_unset_and_start_offline() {
     // Arrange
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut service = Service::start(
+    let mut service = start(
         dir.path(),
         &[
             ("PORT", &port.to_string()),
@@ -344,7 +202,8 @@ async fn empty_values_mean_unset_and_start_offline() {
 
     // Act
     let health = service.wait_for_health(port).await;
-    let (status, output) = service.terminate();
+    let done = service.terminate().await;
+    let (status, output) = (done.status, done.output());
 
     // Assert
     assert_eq!(health["backend"], "offline", "{health}");
@@ -352,20 +211,21 @@ async fn empty_values_mean_unset_and_start_offline() {
     assert!(status.success(), "{output:#?}");
 }
 
-#[test]
-fn the_binary_answers_version_help_and_an_unknown_command() {
-    let binary = env!("CARGO_BIN_EXE_ai-service");
-    let version = std::process::Command::new(binary).arg("--version").output().unwrap();
+#[tokio::test]
+async fn the_binary_answers_version_help_and_an_unknown_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |arg: &'static str| Binary::new(dir.path()).arg(arg).run();
+    let version = run("--version").await;
     assert!(version.status.success());
     assert_eq!(
-        String::from_utf8_lossy(&version.stdout).trim(),
+        version.stdout().trim(),
         format!("ai-service {}", env!("CARGO_PKG_VERSION"))
     );
-    let help = std::process::Command::new(binary).arg("--help").output().unwrap();
-    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("healthcheck"));
-    let unknown = std::process::Command::new(binary).arg("bogus").output().unwrap();
+    let help = run("--help").await;
+    assert!(help.status.success() && help.stdout().contains("healthcheck"));
+    let unknown = run("bogus").await;
     assert_eq!(unknown.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    let stderr = unknown.stderr();
     assert!(
         stderr.contains("unknown command `bogus`") && stderr.contains("usage:"),
         "{stderr}"
@@ -392,13 +252,13 @@ async fn without_host_it_answers_on_ipv4_and_ipv6_loopback() {
     // Arrange
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut service = Service::start(dir.path(), &[("PORT", &port.to_string())]);
+    let mut service = start(dir.path(), &[("PORT", &port.to_string())]);
     service.wait_for_health(port).await;
 
     // Act
     let ipv4 = health_answers(&format!("http://127.0.0.1:{port}")).await;
     let ipv6 = health_answers(&format!("http://[::1]:{port}")).await;
-    let (_, output) = service.terminate();
+    let output = service.terminate().await.output();
 
     // Assert
     assert!(ipv4 && ipv6, "IPv4 {ipv4}, IPv6 {ipv6}: {output:#?}");
@@ -415,12 +275,12 @@ async fn host_127_0_0_1_answers_on_ipv4_loopback_only() {
     // Arrange
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut service = Service::start(dir.path(), &[("PORT", &port.to_string()), ("HOST", "127.0.0.1")]);
+    let mut service = start(dir.path(), &[("PORT", &port.to_string()), ("HOST", "127.0.0.1")]);
     service.wait_for_health(port).await;
 
     // Act
     let ipv6 = health_answers(&format!("http://[::1]:{port}")).await;
-    let (_, output) = service.terminate();
+    let output = service.terminate().await.output();
 
     // Assert
     assert!(!ipv6, "answered on [::1]: {output:#?}");
@@ -432,9 +292,9 @@ async fn host_127_0_0_1_answers_on_ipv4_loopback_only() {
     );
 }
 
-#[test]
-fn a_host_that_is_not_an_ip_address_stops_startup_naming_host() {
-    let output = refused(&[("HOST", "my-pod.local")]);
+#[tokio::test]
+async fn a_host_that_is_not_an_ip_address_stops_startup_naming_host() {
+    let output = refused(&[("HOST", "my-pod.local")]).await;
 
     assert!(
         output.contains("HOST must be an IP address") && output.contains("my-pod.local"),
