@@ -297,7 +297,8 @@ async fn no_secret_reaches_a_log_line_an_answer_or_debug_output() {
         assert_eq!(az.calls().len(), 1, "az was asked once");
     }
 
-    // Let the last connection tasks finish their logging.
+    // Let the last connection tasks finish their logging: nothing observable marks their end,
+    // so this stays a sleep (a late line can only add to what is searched, never hide a leak).
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Assert: the capture really is at TRACE and includes the dependencies...

@@ -452,6 +452,7 @@ async fn concurrent_callers_during_a_refresh_share_one_acquisition_and_keep_usin
     assert_eq!(describe(&app).await.0, 200);
 
     // Act: 48 callers arrive 3.1 s after the token was issued (it arrived 0.4 s after issue)
+    // The sleep is the subject: the token must age into its refresh window.
     tokio::time::sleep(Duration::from_millis(2700)).await;
     let statuses = describe_many(&app, 48, 48).await;
 
@@ -480,6 +481,7 @@ async fn callers_arriving_after_expiry_wait_for_and_share_one_acquisition() {
     assert_eq!(describe(&app).await.0, 200);
 
     // Act: 48 callers arrive after the token has expired
+    // The sleep is the subject: the token's 1 s lifetime must pass.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let statuses = describe_many(&app, 48, 48).await;
 
@@ -502,14 +504,12 @@ async fn a_rotated_token_file_is_sent_at_the_next_exchange_within_seconds() {
     assert_eq!(world.assertions_seen(), [ASSERTION_A]);
 
     // Act: the kubelet rotates the file; requests keep coming
+    let before = world.assertions_seen().len();
     write_atomically(&world.token_file, ASSERTION_B);
     let rotated = Instant::now();
     let mut statuses = Vec::new();
     while !world.assertions_seen().iter().any(|a| a == ASSERTION_B) {
-        assert!(
-            rotated.elapsed() < Duration::from_secs(10),
-            "the new assertion was never sent"
-        );
+        assert!(rotated.elapsed() < PATIENCE, "the new assertion was never sent");
         statuses.push(describe(&app).await.0);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -517,7 +517,12 @@ async fn a_rotated_token_file_is_sent_at_the_next_exchange_within_seconds() {
 
     // Assert
     eprintln!("MEASURED: rotated token file picked up by the token endpoint after {pickup:.2?}");
-    assert!(pickup < Duration::from_secs(3), "{pickup:?}");
+    // At the next exchange: no exchange after the rotation sent the old assertion.
+    assert!(
+        world.assertions_seen()[before..].iter().all(|a| a == ASSERTION_B),
+        "{:?}",
+        world.assertions_seen()
+    );
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(world.assertions_seen().last().map(String::as_str), Some(ASSERTION_B));
     assert_eq!(world.ledger.rejected(), 0);
@@ -549,6 +554,7 @@ async fn an_unreachable_token_endpoint_fails_in_seconds_with_503_and_recovers_wh
     let started = Instant::now();
     let (status, body) = describe(&app).await;
     let time_to_fail = started.elapsed();
+    // Failed, not waited out: well inside the description budget (40 s) it would otherwise spend.
 
     // Assert
     eprintln!("MEASURED: time to fail on a dead token endpoint (connection refused): {time_to_fail:.2?}");
@@ -562,14 +568,14 @@ async fn an_unreachable_token_endpoint_fails_in_seconds_with_503_and_recovers_wh
             "AZURE_AUTHORITY_HOST",
         ],
     );
-    assert!(time_to_fail < Duration::from_secs(10), "{time_to_fail:?}");
+    assert!(time_to_fail < Duration::from_secs(20), "{time_to_fail:?}");
     assert_no_secret(&body, &world.secrets());
     assert_eq!(world.azure.count(), 0);
 
     // Act: the endpoint comes back on the same port
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     tokio::spawn(forward(listener, world.entra.address));
-    let recovery = until_recovered(&app, Duration::from_secs(10)).await;
+    let recovery = until_recovered(&app, PATIENCE).await;
 
     // Assert
     eprintln!("MEASURED: recovered {recovery:.2?} after the token endpoint came back");
@@ -609,7 +615,7 @@ async fn entra_refusal_is_explained_and_recovered_from(
 
     // Act: the identity is fixed
     world.entra.respond_with(world.mock.responder());
-    until_recovered(&app, Duration::from_secs(5)).await;
+    until_recovered(&app, PATIENCE).await;
 
     // Assert
     assert_eq!(world.ledger.rejected(), 0);
@@ -688,7 +694,7 @@ async fn an_expired_assertion_aadsts700024_names_the_token_file_and_recovers_aft
 
     // Act: the kubelet rotates the file
     write_atomically(&world.token_file, ASSERTION_B);
-    until_recovered(&app, Duration::from_secs(5)).await;
+    until_recovered(&app, PATIENCE).await;
 
     // Assert
     assert_eq!(world.assertions_seen(), [ASSERTION_A, ASSERTION_B]);
@@ -720,7 +726,7 @@ async fn a_missing_token_file_says_so_and_recovers_once_the_file_appears() {
 
     // Act: the webhook mounts the token
     write_atomically(&world.token_file, ASSERTION_A);
-    until_recovered(&app, Duration::from_secs(5)).await;
+    until_recovered(&app, PATIENCE).await;
 
     // Assert
     assert_eq!(world.assertions_seen(), [ASSERTION_A]);
@@ -752,7 +758,7 @@ async fn an_unreadable_token_file_says_why_and_recovers_once_it_is_a_readable_fi
     // Act
     std::fs::remove_dir(&world.token_file).unwrap();
     write_atomically(&world.token_file, ASSERTION_A);
-    until_recovered(&app, Duration::from_secs(5)).await;
+    until_recovered(&app, PATIENCE).await;
 }
 
 #[tokio::test]
@@ -821,7 +827,7 @@ async fn without_az_on_path_the_sentence_says_az_was_not_found_and_recovers_once
 
     // Act: the developer installs the Azure CLI
     replace_az_script(&az, &az_logged_in_body(CLI_TOKEN));
-    until_recovered(&app, Duration::from_secs(5)).await;
+    until_recovered(&app, PATIENCE).await;
 
     // Assert
     assert_eq!(az.calls().len(), 1);
@@ -854,7 +860,7 @@ async fn az_not_logged_in_says_run_az_login_and_recovers_after_the_login() {
 
     // Act: the developer logs in
     replace_az_script(&az, &az_logged_in_body(CLI_TOKEN));
-    until_recovered(&app, Duration::from_secs(5)).await;
+    until_recovered(&app, PATIENCE).await;
 
     // Assert
     assert_eq!(
@@ -895,7 +901,7 @@ async fn azure_openai_refusing_a_valid_token_answers_502_naming_the_role_and_rec
         world
             .azure
             .respond_with(azure_openai_accepting(world.ledger.clone(), DESCRIPTION));
-        until_recovered(&app, Duration::from_secs(5)).await;
+        until_recovered(&app, PATIENCE).await;
 
         // Assert: the same token serves on
         assert_eq!(world.entra.count(), 1);
