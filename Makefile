@@ -36,7 +36,7 @@ test-rust: toolchain ## Unit and integration tests (mocks over HTTPS with a test
 	$(CARGO) test --locked --all-targets
 
 openapi-check: toolchain ## Fails when openapi.yaml differs from what the code generates
-	$(CARGO) test --locked --test openapi
+	$(CARGO) test --locked --test api openapi::
 
 openapi: toolchain ## Rewrite openapi.yaml from the code
 	$(CARGO) run --locked --quiet --bin ai-service -- openapi > openapi.yaml
@@ -55,7 +55,7 @@ bench: toolchain ## Benchmark against a mock Azure OpenAI + Entra over HTTPS (re
 	bash bench/run.sh
 
 fuzz: toolchain ## Long fuzz run of request decoding and upstream parsing
-	FUZZ_CASES=100000 $(CARGO) test --locked --release --test fuzz -- --nocapture
+	FUZZ_CASES=100000 $(CARGO) test --locked --release --test api fuzz:: -- --nocapture
 
 image: ## Build the container image (needs a Docker engine)
 	docker build -t ai-service:local .

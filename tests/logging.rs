@@ -1,10 +1,11 @@
 //! JSON logs for collectors: one object a line, with the request id on every line of a request,
 //! including the upstream call's deployment, status, attempt and duration.
 
-mod common;
+#[path = "api/helpers.rs"]
+mod helpers;
 
 use ai_service::config::LogFormat;
-use common::*;
+use helpers::*;
 use serde_json::{Value, json};
 
 #[tokio::test]

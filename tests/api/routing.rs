@@ -2,8 +2,6 @@
 //! rule with the exact number of requests every mock received, waits for cooldowns, the
 //! fail-fast 503, the v1 API and the file that defines the pools.
 
-mod common;
-
 use std::{
     sync::{
         Arc,
@@ -12,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::helpers::*;
 use serde_json::{Value, json};
 
 const KEY: &str = "test-azure-api-key-0123456789";
@@ -146,7 +144,8 @@ async fn a_cooldown_keeps_the_later_of_its_end_and_a_shorter_new_hint() {
 
     // Act
     let (a, b) = tokio::join!(describe(&pool.app), describe(&pool.app));
-    // Past the short hint: only the longer cooldown may keep the primary out now.
+    // Past the short hint: only the longer cooldown may keep the primary out now (the sleep is
+    // the subject: the 0.2 s cooldown must pass).
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (c, _, _) = describe(&pool.app).await;
 
@@ -181,6 +180,7 @@ async fn server_errors_fail_over_and_three_in_a_row_open_the_circuit_until_a_tri
 
     // After the open period one trial request goes to the primary and closes the circuit.
     healthy.store(true, Ordering::SeqCst);
+    // The sleep is the subject: the 1 s open period must pass.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(describe(&pool.app).await.0, 200);
     assert_eq!(describe(&pool.app).await.0, 200);
@@ -200,6 +200,7 @@ async fn a_failed_trial_opens_the_circuit_again_at_once() {
     assert_eq!(primary.count(), 3);
 
     // Act: the trial fails, and the next request stays away
+    // The sleep is the subject: the 1 s open period must pass.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(describe(&pool.app).await.0, 200);
     assert_eq!(describe(&pool.app).await.0, 200);

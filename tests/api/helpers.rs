@@ -655,3 +655,480 @@ pub fn failure_clause(detail: &str) -> &str {
     );
     clause
 }
+
+/// Polls `condition` every 10 ms until it holds; panics naming `what` after `within` (a guard
+/// against hanging, not a speed requirement: give it tens of seconds).
+pub async fn wait_until(within: Duration, what: &str, condition: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Microsoft Entra ID: one mock token endpoint, and the ledger of what it issued
+// ---------------------------------------------------------------------------------------------
+
+/// The scope the service asks Entra for.
+pub const ENTRA_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+/// The audience of the access tokens the mock Entra issues.
+pub const ENTRA_AUDIENCE: &str = "https://cognitiveservices.azure.com";
+/// The object id of the identity the mock Entra issues tokens to.
+pub const ENTRA_OBJECT_ID: &str = "0b9d6c1e-2f3a-4b5c-8d7e-6f5a4b3c2d1e";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// One access token the mock Entra handed out (or a token from elsewhere the mock Azure OpenAI accepts).
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub token: String,
+    pub issued_at: std::time::Instant,
+    pub expires_at: std::time::Instant,
+}
+
+/// The tokens the mock Entra issued, which the mock Azure OpenAI checks, and how many calls it refused.
+#[derive(Clone, Default)]
+pub struct Ledger {
+    grants: Arc<Mutex<Vec<Grant>>>,
+    rejected: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Ledger {
+    /// Records `token` as valid for `lifetime` from now.
+    pub fn admit(&self, token: &str, lifetime: Duration) {
+        let now = std::time::Instant::now();
+        self.grants.lock().unwrap().push(Grant {
+            token: token.to_owned(),
+            issued_at: now,
+            expires_at: now + lifetime,
+        });
+    }
+
+    /// Issued and not expired.
+    pub fn accepts(&self, token: &str) -> bool {
+        let now = std::time::Instant::now();
+        self.grants
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|grant| grant.token == token && now < grant.expires_at)
+    }
+
+    pub fn grants(&self) -> Vec<Grant> {
+        self.grants.lock().unwrap().clone()
+    }
+
+    /// The issued tokens, and their signatures (a leak may print only those).
+    pub fn secrets(&self) -> Vec<String> {
+        self.grants()
+            .into_iter()
+            .flat_map(|g| {
+                let signature = g.token.rsplit('.').next().unwrap_or_default().to_owned();
+                [g.token, signature]
+            })
+            .collect()
+    }
+
+    /// How many calls the mock Azure OpenAI refused for want of a live issued token.
+    pub fn rejected(&self) -> usize {
+        self.rejected.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A mock Microsoft Entra ID token endpoint as workload identity meets it: it validates the
+/// exchange (tenant path, form, grant type, assertion type, the token file's content as the
+/// assertion, client id, scope), then issues a JWT-shaped access token (claims `appid`, `oid`,
+/// `tid`, `aud`, `exp`) recorded in its [`Ledger`], or answers with the configured failure.
+#[derive(Clone)]
+pub struct MockEntra {
+    pub tenant: String,
+    pub client_id: String,
+    pub token_file: PathBuf,
+    pub ledger: Ledger,
+    /// The `appid` of the tokens it issues (the client id unless set otherwise).
+    pub app_id: String,
+    pub expires_in: u64,
+    pub delay: Duration,
+    pub failure: Option<MockResponse>,
+}
+
+impl MockEntra {
+    /// Issues hour-long tokens to `client_id` of `tenant` for the content of `token_file`.
+    pub fn new(tenant: &str, client_id: &str, token_file: &Path) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            client_id: client_id.to_owned(),
+            token_file: token_file.to_owned(),
+            ledger: Ledger::default(),
+            app_id: client_id.to_owned(),
+            expires_in: 3600,
+            delay: Duration::ZERO,
+            failure: None,
+        }
+    }
+
+    /// Tokens valid for `seconds`.
+    pub fn expires_in(mut self, seconds: u64) -> Self {
+        self.expires_in = seconds;
+        self
+    }
+
+    /// Answers a valid exchange after `delay`.
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Issues tokens to another application (say, the node's identity).
+    pub fn issuing_to(mut self, app_id: &str) -> Self {
+        self.app_id = app_id.to_owned();
+        self
+    }
+
+    /// Answers a valid exchange with `answer` (see [`entra_error`]) instead of a token.
+    pub fn failing(mut self, answer: MockResponse) -> Self {
+        self.failure = Some(answer);
+        self
+    }
+
+    /// What is wrong with a token request, compared with what workload identity must send.
+    pub fn exchange_problem(&self, request: &Recorded) -> Option<String> {
+        let form = request.form();
+        let field = |name: &str| form.get(name).map(String::as_str);
+        let assertion = std::fs::read_to_string(&self.token_file).unwrap_or_default();
+        let expected_path = format!("/{}/oauth2/v2.0/token", self.tenant);
+        if request.method != "POST" {
+            Some(format!("method {}", request.method))
+        } else if request.path != expected_path {
+            Some(format!("path {} (expected {expected_path})", request.path))
+        } else if !request
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"))
+        {
+            Some("content-type is not a form".to_owned())
+        } else if field("grant_type") != Some("client_credentials") {
+            Some(format!("grant_type {:?}", field("grant_type")))
+        } else if field("client_assertion_type") != Some(JWT_BEARER) {
+            Some(format!("client_assertion_type {:?}", field("client_assertion_type")))
+        } else if field("client_assertion") != Some(assertion.trim()) {
+            Some("client_assertion is not the token file's content".to_owned())
+        } else if field("client_id") != Some(self.client_id.as_str()) {
+            Some(format!("client_id {:?}", field("client_id")))
+        } else if field("scope") != Some(ENTRA_SCOPE) {
+            Some(format!("scope {:?}", field("scope")))
+        } else {
+            None
+        }
+    }
+
+    /// Issues (and records) one access token.
+    fn issue(&self, index: usize) -> String {
+        let (token, _) = unsigned_jwt(&serde_json::json!({
+            "aud": ENTRA_AUDIENCE,
+            "iss": format!("https://sts.windows.net/{}/", self.tenant),
+            "appid": self.app_id,
+            "oid": ENTRA_OBJECT_ID,
+            "tid": self.tenant,
+            "idtyp": "app",
+            "uti": format!("issued-{index}"),
+            "exp": unix_time(i64::try_from(self.expires_in).unwrap_or(i64::MAX)),
+        }));
+        self.ledger.admit(&token, Duration::from_secs(self.expires_in));
+        token
+    }
+
+    /// The token endpoint, as a [`MockServer`] responder.
+    pub fn responder(&self) -> impl Fn(&Recorded, usize) -> MockResponse + Send + Sync + 'static {
+        let entra = self.clone();
+        move |request, index| {
+            if let Some(problem) = entra.exchange_problem(request) {
+                return MockResponse::json(
+                    400,
+                    serde_json::json!({
+                        "error": "invalid_request",
+                        "error_description": format!("AADSTS900144: mock Entra refused the request: {problem}"),
+                        "error_codes": [900144]
+                    }),
+                );
+            }
+            if let Some(failure) = &entra.failure {
+                return failure.clone();
+            }
+            let token = entra.issue(index);
+            MockResponse::json(
+                200,
+                serde_json::json!({"token_type": "Bearer", "expires_in": entra.expires_in, "ext_expires_in": entra.expires_in, "access_token": token}),
+            )
+            .delayed(entra.delay)
+        }
+    }
+
+    pub async fn start(&self) -> MockServer {
+        MockServer::start(self.responder()).await
+    }
+}
+
+/// An Entra error answer as the real service phrases it.
+pub fn entra_error(status: u16, error: &str, code: u32, description: &str) -> MockResponse {
+    MockResponse::json(
+        status,
+        serde_json::json!({
+            "error": error,
+            "error_description": format!("AADSTS{code}: {description} Trace ID: 0d6f4b2a-0000-4000-8000-000000000000 Correlation ID: 1e7a5c3b-0000-4000-8000-000000000000 Timestamp: 2025-01-01 00:00:00Z"),
+            "error_codes": [code],
+            "timestamp": "2025-01-01 00:00:00Z",
+            "trace_id": "0d6f4b2a-0000-4000-8000-000000000000",
+            "correlation_id": "1e7a5c3b-0000-4000-8000-000000000000",
+            "error_uri": format!("https://login.microsoftonline.com/error?code={code}")
+        }),
+    )
+}
+
+/// Azure OpenAI with Entra auth: a chat completion of `content` for a live token of `ledger`,
+/// 401 (counted in the ledger) for anything else.
+pub fn azure_openai_accepting(
+    ledger: Ledger,
+    content: &'static str,
+) -> impl Fn(&Recorded, usize) -> MockResponse + Send + Sync + 'static {
+    move |request, _| match request.header("authorization").and_then(|h| h.strip_prefix("Bearer ")) {
+        Some(token) if ledger.accepts(token) => MockResponse::json(200, chat_completion(content)),
+        _ => {
+            ledger.rejected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            MockResponse::json(
+                401,
+                serde_json::json!({"error": {"code": "401", "message": "Unauthorized. Access token is missing, invalid, audience is incorrect (https://cognitiveservices.azure.com), or have expired."}}),
+            )
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The built binary as a child process
+// ---------------------------------------------------------------------------------------------
+
+/// How long a child process may take to start, answer or exit before the test gives up on it:
+/// a guard against hanging, generous enough for a loaded machine.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The service binary to run: a cleared environment (only `PATH` and what is added), a working
+/// directory of the test's choosing (the binary reads `.env` there), no stdin.
+pub struct Binary {
+    command: tokio::process::Command,
+}
+
+/// What a finished run printed, line by line, and how it ended.
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+}
+
+impl Finished {
+    pub fn stdout(&self) -> String {
+        self.stdout.join("\n")
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.join("\n")
+    }
+
+    /// stdout then stderr, without colours.
+    pub fn output(&self) -> Vec<String> {
+        self.stdout.iter().chain(&self.stderr).map(|l| strip_ansi(l)).collect()
+    }
+}
+
+impl Binary {
+    pub fn new(cwd: &Path) -> Self {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ai-service"));
+        command
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
+            .current_dir(cwd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        Self { command }
+    }
+
+    /// Trusts the test CA (`SSL_CERT_FILE`), so the binary can reach the HTTPS mocks.
+    pub fn trusting_test_ca(mut self) -> Self {
+        self.command.env("SSL_CERT_FILE", &test_ca().ca_file);
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.command.arg(arg);
+        self
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.command.args(args);
+        self
+    }
+
+    /// Sets `vars` (later ones win, and they win over what was set before).
+    pub fn vars<K: AsRef<OsStr>, V: AsRef<OsStr>>(mut self, vars: &[(K, V)]) -> Self {
+        for (name, value) in vars {
+            self.command.env(name, value);
+        }
+        self
+    }
+
+    pub fn spawn(mut self) -> Running {
+        let mut child = self.command.spawn().expect("the binary starts");
+        let (stdout, stderr) = (Lines::default(), Lines::default());
+        let readers = vec![
+            stdout.collect(child.stdout.take().unwrap()),
+            stderr.collect(child.stderr.take().unwrap()),
+        ];
+        Running {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    /// Runs to completion (a subcommand like `check`), at most [`PATIENCE`].
+    pub async fn run(self) -> Finished {
+        self.spawn().wait_for_exit().await
+    }
+}
+
+/// Lines a child printed on one stream, collected as they come.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn collect(&self, stream: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> tokio::task::JoinHandle<()> {
+        use tokio::io::AsyncBufReadExt;
+        let into = self.0.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                into.lock().unwrap().push(line);
+            }
+        })
+    }
+
+    pub fn get(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// The binary running, its output collected line by line; killed if dropped while running.
+pub struct Running {
+    child: tokio::process::Child,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Everything printed so far, stdout then stderr, without colours.
+    pub fn output(&self) -> Vec<String> {
+        self.stdout
+            .get()
+            .iter()
+            .chain(&self.stderr.get())
+            .map(|l| strip_ansi(l))
+            .collect()
+    }
+
+    /// [`Running::output`] as one text.
+    pub fn logs(&self) -> String {
+        self.output().join("\n")
+    }
+
+    /// Waits (at most [`PATIENCE`]) for the exit, then returns its status and all the output.
+    pub async fn wait_for_exit(mut self) -> Finished {
+        let status = match tokio::time::timeout(PATIENCE, self.child.wait()).await {
+            Ok(status) => status.expect("the child can be waited for"),
+            Err(_) => panic!(
+                "the process did not exit within {PATIENCE:?}; output so far: {:#?}",
+                self.output()
+            ),
+        };
+        for reader in self.readers.drain(..) {
+            tokio::time::timeout(PATIENCE, reader)
+                .await
+                .expect("the output ends with the process")
+                .unwrap();
+        }
+        Finished {
+            status,
+            stdout: self.stdout.get(),
+            stderr: self.stderr.get(),
+        }
+    }
+
+    /// Polls `GET /health` on `port` until it answers (at most [`PATIENCE`]) and returns the body.
+    pub async fn wait_for_health(&mut self, port: u16) -> Value {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(response) = client.get(format!("http://127.0.0.1:{port}/health")).send().await {
+                assert_eq!(response.status().as_u16(), 200);
+                return response.json().await.unwrap();
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the service exited with {status} before answering: {:#?}",
+                    self.output()
+                );
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "/health did not answer within {PATIENCE:?}: {:#?}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Sends SIGTERM, as Kubernetes does.
+    pub fn sigterm(&self) {
+        let pid = self.child.id().expect("still running").to_string();
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(kill.success());
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub async fn terminate(self) -> Finished {
+        self.sigterm();
+        self.wait_for_exit().await
+    }
+}
+
+/// Removes ANSI colour sequences (`ESC [ … m`) from a log line.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for inner in chars.by_ref() {
+                if inner.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -1,11 +1,9 @@
 //! The HTTP surface around the routes: `/health`, CORS, request ids, 404/405, the OpenAPI
 //! document and the docs page, and a `/health` that never waits on an upstream.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::helpers::*;
 use serde_json::{Value, json};
 
 fn product() -> Value {
@@ -307,9 +305,9 @@ async fn the_docs_page_and_its_assets_are_served_by_the_service_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_answers_at_once_while_a_description_waits_on_a_slow_upstream() {
-    // Arrange: an upstream that takes 2 s, and a description request held by it
+    // Arrange: an upstream that takes 5 s, and a description request held by it
     let azure = MockServer::start(|_, _| {
-        MockResponse::json(200, chat_completion("Worth the wait.")).delayed(Duration::from_secs(2))
+        MockResponse::json(200, chat_completion("Worth the wait.")).delayed(Duration::from_secs(5))
     })
     .await;
     let app = spawn_app(azure_key_vars(&azure)).await;
@@ -322,14 +320,7 @@ async fn health_answers_at_once_while_a_description_waits_on_a_slow_upstream() {
             (response.status().as_u16(), started.elapsed())
         })
     };
-    let waiting_since = Instant::now();
-    while azure.count() == 0 {
-        assert!(
-            waiting_since.elapsed() < Duration::from_secs(5),
-            "the slow request never left"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(PATIENCE, "the slow request to reach the upstream", || azure.count() > 0).await;
 
     // Act
     let started = Instant::now();
@@ -338,11 +329,15 @@ async fn health_answers_at_once_while_a_description_waits_on_a_slow_upstream() {
 
     // Assert
     assert_eq!((status, &body["status"]), (200, &json!("ok")));
-    assert!(elapsed < Duration::from_millis(500), "/health took {elapsed:?}");
+    // At once: while the description still waits on the upstream's 5 s (how fast is `make bench`'s business).
+    assert!(
+        !slow.is_finished(),
+        "/health answered only after the description ({elapsed:?})"
+    );
     let (slow_status, slow_elapsed) = slow.await.unwrap();
     assert_eq!(slow_status, 200);
     assert!(
-        slow_elapsed >= Duration::from_millis(1900),
+        slow_elapsed >= Duration::from_millis(4900),
         "the description was not held by the upstream: {slow_elapsed:?}"
     );
 }

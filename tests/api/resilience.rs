@@ -8,8 +8,6 @@
 
 #![allow(clippy::print_stderr)]
 
-mod common;
-
 use std::{
     sync::{
         Arc, Mutex,
@@ -18,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::helpers::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -80,6 +78,8 @@ struct Outcome {
     text: String,
     body: Value,
     elapsed: Duration,
+    /// When the whole answer had arrived.
+    finished: Instant,
 }
 
 impl Outcome {
@@ -120,6 +120,7 @@ async fn outcome(started: Instant, response: reqwest::Response) -> Outcome {
         text,
         body,
         elapsed,
+        finished: Instant::now(),
     }
 }
 
@@ -175,8 +176,9 @@ async fn a_hanging_upstream_answers_504_within_the_description_budget() {
     got.report("description: upstream hangs (budget 1 s)", azure.count());
     assert_eq!(got.status, 504, "{}", got.text);
     assert!(got.failure().contains("in time"), "{}", got.failure());
+    // Not the model's 30 s: half of it is a bound no scheduling delay reaches.
     assert!(
-        secs(got.elapsed) >= 0.95 && secs(got.elapsed) < 1.8,
+        secs(got.elapsed) >= 0.95 && secs(got.elapsed) < 15.0,
         "{:?}",
         got.elapsed
     );
@@ -205,17 +207,11 @@ async fn the_image_route_has_its_own_budget() {
     assert_eq!(got.status, 504, "{}", got.text);
     assert!(got.failure().contains("in time"), "{}", got.failure());
     assert!(
-        secs(got.elapsed) >= 1.95 && secs(got.elapsed) < 2.8,
-        "the image budget (2 s), not the description budget (1 s): {:?}",
+        secs(got.elapsed) >= 1.95 && secs(got.elapsed) < 15.0,
+        "the image budget (2 s), not the description budget (1 s) nor the model's 30 s: {:?}",
         got.elapsed
     );
     assert_eq!(azure.count(), 1);
-}
-
-/// A port on which nothing listens.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// `ai_service_<name>{<labels>} <value>` from `/metrics`.
@@ -229,7 +225,7 @@ async fn metric(app: &TestApp, name_and_labels: &str) -> u64 {
 #[tokio::test]
 async fn a_refused_connection_is_retried_then_answered_502_quickly() {
     // Arrange: an endpoint where nothing listens; 1 retry.
-    let url = format!("https://127.0.0.1:{}/", closed_port());
+    let url = format!("https://127.0.0.1:{}/", free_port());
     let app = spawn_app(azure_vars_at(&url, &[("UPSTREAM_MAX_RETRIES", "1")])).await;
 
     // Act
@@ -254,8 +250,8 @@ async fn a_refused_connection_is_retried_then_answered_502_quickly() {
         metric(&app, r#"ai_service_upstream_retries_total{backend="azure-openai"}"#).await,
         1
     );
-    // One backoff of 0.25-0.5 s.
-    assert!(secs(got.elapsed) >= 0.2 && secs(got.elapsed) < 1.5, "{:?}", got.elapsed);
+    // One backoff of at least 0.25 s (the attempts are counted above; speed is `make bench`'s).
+    assert!(secs(got.elapsed) >= 0.2, "{:?}", got.elapsed);
 }
 
 #[tokio::test]
@@ -286,7 +282,6 @@ async fn a_connection_dropped_by_the_upstream_is_retried_then_answered_502() {
         got.failure()
     );
     assert_eq!(attempts, 2);
-    assert!(secs(got.elapsed) < 2.5, "{:?}", got.elapsed);
     hang_up.abort();
 }
 
@@ -316,7 +311,8 @@ async fn a_429_with_retry_after_ms_is_retried_after_that_many_milliseconds() {
     assert_eq!(azure.count(), 2);
     let gap = gaps(&arrivals)[0];
     assert!(
-        gap >= Duration::from_millis(95) && gap < Duration::from_secs(1),
+        // Not the `retry-after` of 10 s: half of it is a bound no scheduling delay reaches.
+        gap >= Duration::from_millis(95) && gap < Duration::from_secs(5),
         "{gap:?}"
     );
 }
@@ -341,7 +337,6 @@ async fn a_429_with_retry_after_in_seconds_is_honoured() {
         "{:?}",
         gaps(&arrivals)
     );
-    assert!(secs(got.elapsed) < 2.5, "{:?}", got.elapsed);
 }
 
 #[tokio::test]
@@ -365,7 +360,7 @@ async fn a_429_with_retry_after_as_an_http_date_is_honoured() {
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(azure.count(), 2);
     // Truncated to the second: the wait is between 1 and 2 s.
-    assert!(secs(got.elapsed) >= 0.9 && secs(got.elapsed) < 3.0, "{:?}", got.elapsed);
+    assert!(secs(got.elapsed) >= 0.9, "{:?}", got.elapsed);
 }
 
 #[tokio::test]
@@ -382,8 +377,8 @@ async fn a_503_then_200_answers_200_after_two_attempts() {
     got.report("503, then 200", azure.count());
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(azure.count(), 2);
-    // One backoff of 0.25-0.5 s.
-    assert!(secs(got.elapsed) >= 0.2 && secs(got.elapsed) < 1.5, "{:?}", got.elapsed);
+    // One backoff of at least 0.25 s.
+    assert!(secs(got.elapsed) >= 0.2, "{:?}", got.elapsed);
 }
 
 #[tokio::test]
@@ -402,7 +397,7 @@ async fn persistent_500s_are_retried_exactly_max_retries_times_then_502() {
     assert_eq!(got.failure(), "the model API answered with status 500; try again later");
     assert_eq!(azure.count(), 3, "1 attempt + 2 retries");
     assert!(!got.text.contains(MARKER));
-    assert!(secs(got.elapsed) >= 0.7 && secs(got.elapsed) < 2.5, "{:?}", got.elapsed);
+    assert!(secs(got.elapsed) >= 0.7, "{:?}", got.elapsed);
 }
 
 #[tokio::test]
@@ -414,8 +409,7 @@ async fn with_no_retries_configured_a_500_is_tried_once() {
 
     got.report("500 (UPSTREAM_MAX_RETRIES=0)", azure.count());
     assert_eq!(got.status, 502);
-    assert_eq!(azure.count(), 1);
-    assert!(secs(got.elapsed) < 1.5, "no backoff: {:?}", got.elapsed);
+    assert_eq!(azure.count(), 1, "no retry, so no backoff");
 }
 
 #[tokio::test]
@@ -439,7 +433,6 @@ async fn a_400_is_never_retried() {
     );
     assert_eq!((image.status, image.failure()), (400, "Invalid size for this model"));
     assert_eq!(azure.count(), 2, "one attempt each");
-    assert!(secs(description.elapsed) < 1.5 && secs(image.elapsed) < 1.5);
 }
 
 #[tokio::test]
@@ -481,7 +474,8 @@ async fn a_429_that_outlasts_the_budget_answers_503_at_once_with_retry_after() {
     );
     assert!(!got.text.contains(MARKER));
     assert_eq!(azure.count(), 1, "no attempt the budget cannot wait for");
-    assert!(secs(got.elapsed) < 2.0, "answered at once: {:?}", got.elapsed);
+    // Answered at once, not after the 30 s hint: half of it is a bound no scheduling delay reaches.
+    assert!(secs(got.elapsed) < 15.0, "answered at once: {:?}", got.elapsed);
 }
 
 #[tokio::test]
@@ -610,7 +604,6 @@ async fn garbage_from_the_chat_model_answers_502_without_echoing_it() {
             got.text
         );
         assert_eq!(azure.count(), attempts, "{case}");
-        assert!(secs(got.elapsed) < 2.5, "{case}: {:?}", got.elapsed);
         // The service is still up.
         assert_eq!(app.get("/health").await.status(), 200);
     }
@@ -892,10 +885,10 @@ fn big_image() -> Value {
 
 #[tokio::test]
 async fn a_flood_of_image_requests_is_shed_with_503_and_health_stays_fast() {
-    // Arrange: 2 image slots; the model takes 1 s and answers ~2 MB.
+    // Arrange: 2 image slots; the model takes 3 s and answers ~2 MB.
     let image = big_image();
     let azure =
-        MockServer::start(move |_, _| MockResponse::json(200, image.clone()).delayed(Duration::from_secs(1))).await;
+        MockServer::start(move |_, _| MockResponse::json(200, image.clone()).delayed(Duration::from_secs(3))).await;
     let app = Arc::new(spawn_app(azure_vars(&azure, &[("MAX_CONCURRENT_IMAGES", "2")])).await);
 
     // Act: 10 at once, then /health while the 2 slots are busy.
@@ -905,12 +898,16 @@ async fn a_flood_of_image_requests_is_shed_with_503_and_health_stays_fast() {
             tokio::spawn(async move { draw(&app).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(PATIENCE, "the 2 admitted requests to reach the model", || {
+        azure.count() == 2
+    })
+    .await;
     let started = Instant::now();
     let health = app.get("/health").await;
     let health_status = health.status().as_u16();
     let _ = health.bytes().await;
-    let health_elapsed = started.elapsed();
+    let health_answered = Instant::now();
+    let health_elapsed = health_answered - started;
     let mut outcomes = Vec::new();
     for task in flood {
         outcomes.push(task.await.unwrap());
@@ -929,6 +926,7 @@ async fn a_flood_of_image_requests_is_shed_with_503_and_health_stays_fast() {
         health_elapsed.as_millis()
     );
     assert_eq!((ok.len(), shed.len()), (2, 8), "{outcomes:?}");
+    let first_admitted_done = ok.iter().map(|o| o.finished).min().unwrap();
     for o in &ok {
         assert!(
             o.body["image"]
@@ -944,11 +942,17 @@ async fn a_flood_of_image_requests_is_shed_with_503_and_health_stays_fast() {
             o.failure(),
             "the service is busy with other generations; try again in a moment"
         );
-        assert!(o.elapsed < Duration::from_millis(900), "shed at once: {:?}", o.elapsed);
+        // Shed at once: before an admitted request (3 s at the model) could free a slot.
+        assert!(
+            o.finished < first_admitted_done,
+            "shed only after a slot freed: {:?}",
+            o.elapsed
+        );
     }
     assert_eq!(azure.count(), 2, "only the admitted requests reached the model");
     assert_eq!(health_status, 200);
-    assert!(health_elapsed < Duration::from_millis(100), "{health_elapsed:?}");
+    // /health did not wait for a slot: it answered while both were still busy.
+    assert!(health_answered < first_admitted_done, "{health_elapsed:?}");
 
     // The slots are free again (and the model fast now).
     azure.respond_with(|_, _| MockResponse::json(200, json!({"data": [{"b64_json": "iVBORw0KGgo="}]})));

@@ -1,8 +1,6 @@
 //! `POST /generate/description` against every backend: what the caller gets and what the upstream received.
 
-mod common;
-
-use common::*;
+use crate::helpers::*;
 use serde_json::json;
 use std::sync::Arc;
 

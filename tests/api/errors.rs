@@ -1,9 +1,7 @@
 //! How `POST /generate/description` fails: upstream refusals and garbage become sentences,
 //! bad bodies become FastAPI's list form, and nothing bad ever reaches the upstream.
 
-mod common;
-
-use common::*;
+use crate::helpers::*;
 use serde_json::{Value, json};
 use std::sync::Arc;
 

@@ -1,9 +1,7 @@
 //! `POST /generate/image` on Azure OpenAI and offline: what the caller gets and what the upstream received.
 
-mod common;
-
+use crate::helpers::*;
 use base64::Engine;
-use common::*;
 use serde_json::{Value, json};
 use std::sync::Arc;
 

@@ -5,25 +5,21 @@
 
 #![allow(clippy::print_stderr)]
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
-    process::Stdio,
     time::Duration,
 };
 
+use crate::helpers::*;
 use ai_service::{
     Dependencies,
     commands::{self, CheckOptions},
 };
-use common::*;
 use serde_json::{Value, json};
 
-const SCOPE: &str = "https://cognitiveservices.azure.com/.default";
 const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 const CLIENT: &str = "5f1a3c2e-8b7d-4e6f-9a0b-1c2d3e4f5a6b";
-const OBJECT: &str = "0b9d6c1e-2f3a-4b5c-8d7e-6f5a4b3c2d1e";
+const OBJECT: &str = ENTRA_OBJECT_ID;
 const ISSUER: &str = "https://eastus.oic.prod-aks.azure.com/72f988bf-86f1-41af-91ab-2d7cd011db47/7a1c2e3f/";
 const SUBJECT: &str = "system:serviceaccount:default:ai-service-account";
 const EXCHANGE: &str = "api://AzureADTokenExchange";
@@ -42,59 +38,6 @@ fn projected_token_claims() -> Value {
     })
 }
 
-/// The claims of the access token Microsoft Entra ID issues to the workload's identity.
-fn access_token_claims(app_id: &str, audience: &str) -> Value {
-    json!({
-        "aud": audience,
-        "iss": format!("https://sts.windows.net/{TENANT}/"),
-        "appid": app_id,
-        "oid": OBJECT,
-        "tid": TENANT,
-        "idtyp": "app",
-        "exp": unix_time(3600),
-    })
-}
-
-/// The mock Entra token endpoint: issues `issued` for a valid exchange of the file's content.
-fn entra_issuing(
-    token_file: PathBuf,
-    issued: String,
-) -> impl Fn(&Recorded, usize) -> MockResponse + Send + Sync + 'static {
-    move |request, _| {
-        let form = request.form();
-        let assertion = std::fs::read_to_string(&token_file).unwrap_or_default();
-        let valid = request.path == format!("/{TENANT}/oauth2/v2.0/token")
-            && form.get("grant_type").map(String::as_str) == Some("client_credentials")
-            && form.get("client_assertion_type").map(String::as_str)
-                == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
-            && form.get("client_assertion").map(String::as_str) == Some(assertion.trim())
-            && form.get("client_id").map(String::as_str) == Some(CLIENT)
-            && form.get("scope").map(String::as_str) == Some(SCOPE);
-        if valid {
-            MockResponse::json(
-                200,
-                json!({"token_type": "Bearer", "expires_in": 3600, "ext_expires_in": 3600, "access_token": issued}),
-            )
-        } else {
-            MockResponse::json(
-                400,
-                json!({"error": "invalid_request", "error_description": "AADSTS900144: mock Entra refused the request", "error_codes": [900144]}),
-            )
-        }
-    }
-}
-
-/// Azure OpenAI accepting only `token`.
-fn azure_accepting(token: String) -> impl Fn(&Recorded, usize) -> MockResponse + Send + Sync + 'static {
-    move |request, _| {
-        if request.header("authorization") == Some(format!("Bearer {token}").as_str()) {
-            MockResponse::json(200, chat_completion("OK"))
-        } else {
-            MockResponse::json(401, json!({"error": {"code": "401", "message": "Unauthorized."}}))
-        }
-    }
-}
-
 fn permission_denied() -> MockResponse {
     MockResponse::json(
         403,
@@ -102,20 +45,10 @@ fn permission_denied() -> MockResponse {
     )
 }
 
-/// Microsoft Entra ID's answer with `AADSTS{code}`, worded as Entra words it.
-fn entra_error(code: u32, description: &str) -> MockResponse {
-    MockResponse::json(
-        400,
-        json!({
-            "error": "invalid_client",
-            "error_description": format!("AADSTS{code}: {description} Trace ID: 0000 Correlation ID: 0000"),
-            "error_codes": [code]
-        }),
-    )
-}
-
 fn no_matching_federated_credential() -> MockResponse {
     entra_error(
+        400,
+        "invalid_client",
         70021,
         "No matching federated identity record found for presented assertion.",
     )
@@ -125,9 +58,10 @@ fn no_matching_federated_credential() -> MockResponse {
 struct World {
     entra: MockServer,
     azure: MockServer,
+    ledger: Ledger,
     token_file: PathBuf,
-    /// What a leak would look like: the projected token, its signature, the access token and its signature.
-    secrets: Vec<String>,
+    /// The projected token and its signature: what a leak would look like, with the issued tokens.
+    assertion: [String; 2],
     _dir: tempfile::TempDir,
 }
 
@@ -137,24 +71,31 @@ impl World {
     }
 
     /// A world whose token file (at `file_name` in a temp dir) has `claims`, and whose Entra
-    /// issues an access token to the application `app_id`.
+    /// issues access tokens to the application `app_id`.
     async fn with_token(claims: Value, file_name: &str, app_id: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let token_file = dir.path().join(file_name);
         std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
         let (assertion, assertion_signature) = unsigned_jwt(&claims);
         std::fs::write(&token_file, &assertion).unwrap();
-        let (issued, issued_signature) =
-            unsigned_jwt(&access_token_claims(app_id, "https://cognitiveservices.azure.com"));
-        let entra = MockServer::start(entra_issuing(token_file.clone(), issued.clone())).await;
-        let azure = MockServer::start(azure_accepting(issued.clone())).await;
+        let mock = MockEntra::new(TENANT, CLIENT, &token_file).issuing_to(app_id);
+        let entra = mock.start().await;
+        let azure = MockServer::start(azure_openai_accepting(mock.ledger.clone(), "OK")).await;
         Self {
             entra,
             azure,
+            ledger: mock.ledger,
             token_file,
-            secrets: vec![assertion, assertion_signature, issued, issued_signature],
+            assertion: [assertion, assertion_signature],
             _dir: dir,
         }
+    }
+
+    /// Every secret of this world: the projected token, the issued tokens, their signatures.
+    fn secrets(&self) -> Vec<String> {
+        let mut all = self.assertion.to_vec();
+        all.extend(self.ledger.secrets());
+        all
     }
 
     fn vars(&self) -> Vec<(String, String)> {
@@ -170,7 +111,7 @@ impl World {
     }
 
     fn assert_no_secret(&self, text: &str) {
-        for secret in self.secrets.iter().map(String::as_str).chain([CLI_TOKEN, "eyJ"]) {
+        for secret in self.secrets().iter().map(String::as_str).chain([CLI_TOKEN, "eyJ"]) {
             assert!(!text.contains(secret), "a secret ({secret}) leaked into:\n{text}");
         }
     }
@@ -229,7 +170,7 @@ async fn check_prints_the_token_claims_the_identity_and_the_chat_status_but_neve
             &format!(
                 "federated token file: {} (present, {} bytes, written ",
                 world.token_file.display(),
-                world.secrets[0].len()
+                world.assertion[0].len()
             ),
             &format!("federated token claims: iss={ISSUER}, sub={SUBJECT}, aud={EXCHANGE}, exp="),
             " ago)",
@@ -359,7 +300,9 @@ async fn entra_refusing_the_assertion_codes_gets_the_same_sentences() {
     ] {
         // Arrange: a token check cannot fault, refused by Entra
         let world = World::start().await;
-        world.entra.respond_with(move |_, _| entra_error(code, description));
+        world
+            .entra
+            .respond_with(move |_, _| entra_error(400, "invalid_client", code, description));
 
         // Act
         let (ok, output) = run_check(world.vars(), test_dependencies()).await;
@@ -387,6 +330,8 @@ async fn no_matching_federated_credential_prints_the_issuer_subject_and_the_comm
         let world = World::start().await;
         world.entra.respond_with(move |_, _| {
             entra_error(
+                400,
+                "invalid_client",
                 code,
                 "No matching federated identity record found for presented assertion.",
             )
@@ -606,7 +551,7 @@ fn quick_retries(wait: Duration, retry_interval: Duration) -> CheckOptions {
 async fn check_wait_retries_a_403_until_the_role_assignment_arrives() {
     // Arrange: the role assignment reaches the data plane after the first call
     let world = World::start().await;
-    let accepting = azure_accepting(world.secrets[2].clone());
+    let accepting = azure_openai_accepting(world.ledger.clone(), "OK");
     world.azure.respond_with(move |request, index| {
         if index == 0 {
             permission_denied()
@@ -671,7 +616,9 @@ async fn check_wait_gives_up_when_the_time_runs_out() {
 #[tokio::test]
 async fn check_with_the_azure_cli_names_the_cli_as_the_credential_that_worked() {
     // Arrange: a developer machine, not a pod
-    let azure = MockServer::start(azure_accepting(CLI_TOKEN.to_owned())).await;
+    let ledger = Ledger::default();
+    ledger.admit(CLI_TOKEN, Duration::from_secs(3600));
+    let azure = MockServer::start(azure_openai_accepting(ledger, "OK")).await;
     let az = FakeAz::logged_in(CLI_TOKEN);
     let deps = Dependencies {
         executor: Some(az.executor()),
@@ -723,25 +670,17 @@ fn check_arguments_parse_wait_and_reject_anything_else() {
 
 /// Runs the real binary's `check` with `args`, and only `vars`, `PATH` and the test CA in its environment.
 async fn run_binary_check(args: &[&str], vars: &[(String, String)], cwd: &Path) -> (Option<i32>, String, String) {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_ai-service"))
+    // No stray .env file: the binary reads one from its working directory.
+    let done = Binary::new(cwd)
+        .trusting_test_ca()
         .arg("check")
         .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SSL_CERT_FILE", &test_ca().ca_file)
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        // No stray .env file: the binary reads one from its working directory.
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("the binary runs");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    );
+        .vars(vars)
+        .run()
+        .await;
+    let (stdout, stderr) = (done.stdout(), done.stderr());
     eprintln!("{stdout}");
-    (output.status.code(), stdout, stderr)
+    (done.status.code(), stdout, stderr)
 }
 
 #[tokio::test]
