@@ -10,6 +10,7 @@ counts them) and exits 1 if any failed.
 
 import json
 import os
+import py_compile
 import re
 import shlex
 import shutil
@@ -94,7 +95,7 @@ class World:
     def edit_az(self, fn):
         path = os.path.join(self.state, "az.json")
         if not os.path.exists(path):  # let the fake write its default world
-            subprocess.run([sys.executable, os.path.join(FAKES, "az"), "group", "exists", "--name", "x"],
+            subprocess.run([os.path.join(self.bin, "az"), "group", "exists", "--name", "x"],
                            env=dict(os.environ, FAKE_STATE=self.state), capture_output=True, check=True)
         state = self.az_state()
         fn(state)
@@ -151,13 +152,28 @@ class World:
 
 def make_bin(root):
     """Wrappers that run the fakes with this interpreter (which has PyYAML
-    and jmespath), and a PATH that has everything but az."""
+    and jmespath), and a PATH that has everything but az.
+
+    A fake starts for every az or kubectl command, some 750 times in all, so
+    the wrappers start it fast: compiled to bytecode once, here, which Python
+    runs as it is, and with -S, which skips the site module's start-up work
+    (it runs the .pth files of site-packages, which may import whole
+    packages); the directories site adds to the module path come through
+    PYTHONPATH instead, so the fakes import what this interpreter imports."""
     bin_dir = os.path.join(root, "bin")
     os.makedirs(bin_dir)
+    bare = set(subprocess.run([sys.executable, "-S", "-c", "import sys; print('\\n'.join(sys.path))"],
+                              capture_output=True, text=True, check=True).stdout.splitlines())
+    site_dirs = os.pathsep.join(p for p in sys.path if p and os.path.abspath(p) != HERE and p not in bare)
     for tool in ("az", "kubectl"):
+        compiled = os.path.join(bin_dir, tool + ".pyc")
+        py_compile.compile(os.path.join(FAKES, tool), cfile=compiled, doraise=True)
         path = os.path.join(bin_dir, tool)
         with open(path, "w") as f:
-            f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(os.path.join(FAKES, tool))} "$@"\n')
+            f.write("#!/bin/sh\n")
+            if site_dirs:
+                f.write(f"PYTHONPATH=${{PYTHONPATH:+$PYTHONPATH:}}{shlex.quote(site_dirs)}\nexport PYTHONPATH\n")
+            f.write(f'exec {shlex.quote(sys.executable)} -S {shlex.quote(compiled)} "$@"\n')
         os.chmod(path, 0o755)
     no_az = os.path.join(root, "no-az")
     os.makedirs(no_az)
