@@ -17,6 +17,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SETUP = os.path.join(os.path.dirname(HERE), "setup.sh")
@@ -33,13 +35,23 @@ MUTATING = ("create", "update", "delete", "get-credentials", "run")
 RESULTS = []
 
 
+# The scenarios run in parallel threads (see run_scenarios); each keeps its
+# lines here until they are printed, in the scenarios' order.
+OUTPUT = threading.local()
+
+
 def check(name, condition, detail=""):
     RESULTS.append(bool(condition))
     if condition:
-        print(f"ok - setup.sh: {name}")
+        line = f"ok - setup.sh: {name}"
     else:
         text = str(detail).strip().replace("\n", "\n    ")
-        print(f"not ok - setup.sh: {name}" + (f"\n    {text}" if text else ""))
+        line = f"not ok - setup.sh: {name}" + (f"\n    {text}" if text else "")
+    lines = getattr(OUTPUT, "lines", None)
+    if lines is None:
+        print(line)
+    else:
+        lines.append(line)
 
 
 class Run:
@@ -792,30 +804,69 @@ def test_cli(root):
     check("an unknown flag is refused", r.rc != 0 and "Unknown argument '--frobnicate'" in r.err and not r.calls, r.detail())
 
 
+def test_main_world(root):
+    """The life of one setup: a first run, a second, --verify, --teardown."""
+    w = World(root, "main")
+    r = test_first_run(w)
+    test_first_run_image(w, r)
+    test_second_run(w)
+    test_verify(w)
+    test_verify_image(w)
+    test_recreated_cluster(w.copy("recreated"))
+    test_teardown(w)
+
+
+def run_scenarios(scenarios, jobs):
+    """Runs the scenarios, each with worlds of its own, on `jobs` threads
+    (each waits on its runs of setup.sh, so they overlap), and prints their
+    lines in the order of the list, each as soon as it and those before it
+    are done: the output is the same as if they ran one after the other. An
+    exception in a scenario is raised again once all have been printed."""
+    def run(scenario):
+        OUTPUT.lines = []
+        try:
+            scenario()
+            return OUTPUT.lines, None
+        except Exception as err:  # raised again below, after the output
+            return OUTPUT.lines, err
+
+    error = None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for lines, err in pool.map(run, scenarios):
+            for line in lines:
+                print(line, flush=True)
+            error = error or err
+    if error is not None:
+        raise error
+
+
+def jobs():
+    """SETUP_TEST_JOBS, else the number of CPUs this process may use."""
+    if os.environ.get("SETUP_TEST_JOBS"):
+        return max(1, int(os.environ["SETUP_TEST_JOBS"]))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def main():
     root = tempfile.mkdtemp(prefix="setup-test-")
     try:
         no_az = make_bin(root)
         SOURCE["dir"] = make_source(root)
         SOURCE["sha"] = git(SOURCE["dir"], "rev-parse", "--short=12", "HEAD")
-        test_cli(root)
-        w = World(root, "main")
-        r = test_first_run(w)
-        test_first_run_image(w, r)
-        test_second_run(w)
-        test_verify(w)
-        test_verify_image(w)
-        test_recreated_cluster(w.copy("recreated"))
-        test_teardown(w)
-        test_failing_step(root)
-        test_prerequisites(root, no_az)
-        test_dry_run(root)
-        test_custom_names(root)
-        test_replication_retry(root)
-        test_architectures(root)
-        test_registries(root)
-        test_source_tags(root)
-        test_fake_acr(root)
+        # Printed in this order; started in it too, so the longest (the main world) starts at once.
+        run_scenarios([
+            lambda: test_cli(root),
+            lambda: test_main_world(root),
+            lambda: test_failing_step(root),
+            lambda: test_prerequisites(root, no_az),
+            lambda: test_dry_run(root),
+            lambda: test_custom_names(root),
+            lambda: test_replication_retry(root),
+            lambda: test_architectures(root),
+            lambda: test_registries(root),
+            lambda: test_source_tags(root),
+            lambda: test_fake_acr(root),
+        ], jobs())
     finally:
         if os.environ.get("KEEP_TEST_STATE"):
             print(f"# state kept in {root}")
