@@ -153,7 +153,8 @@ class World:
         log = os.path.join(self.dir, f"calls-{self.runs}.log")
         full = {k: v for k, v in os.environ.items() if k not in SETTINGS and not k.startswith("FAKE_")}
         full.update(PATH=path or f"{self.bin}:{os.environ['PATH']}", FAKE_STATE=self.state, FAKE_LOG=log,
-                    FAKE_REAL_KUBECTL=REAL_KUBECTL, RETRY_DELAY="0", KUBECONFIG=os.path.join(self.state, "kubeconfig"))
+                    FAKE_REAL_KUBECTL=REAL_KUBECTL, FAKE_JSONPATH_CACHE=os.path.join(os.path.dirname(self.dir), "jsonpath"),
+                    RETRY_DELAY="0", KUBECONFIG=os.path.join(self.state, "kubeconfig"))
         if not default_source:
             full["SOURCE_DIR"] = self.source
         full.update(env)
