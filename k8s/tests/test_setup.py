@@ -400,14 +400,20 @@ def test_verify(healthy):
           any(c[:2] == ["kubectl", "exec"] and c[-2:] == ["/ai-service", "check"] for c in r.calls))
     check("--verify changes nothing", not [c for c in r.changes() if c[:3] != ["az", "aks", "get-credentials"]],
           r.detail())
+    # Each breaks a copy of the healthy world; they run in parallel.
+    in_parallel(lambda: verify_no_subdomain(healthy.copy("no-subdomain")), lambda: verify_api_key(healthy.copy("api-key")),
+                lambda: verify_wrong_subject(healthy.copy("wrong-subject")), lambda: verify_no_role(healthy.copy("no-role")),
+                lambda: verify_check_fails(healthy.copy("check-fails")))
 
-    w = healthy.copy("no-subdomain")
+
+def verify_no_subdomain(w):
     w.edit_az(lambda s: s["accounts"]["myResourceGroup/myaoai"].update(customSubDomainName=None))
     r = w.run("--verify")
     check("--verify reports a missing custom subdomain, with the fix",
           r.rc != 0 and "no custom subdomain" in r.err and "--custom-domain" in r.err, r.detail())
 
-    w = healthy.copy("api-key")
+
+def verify_api_key(w):
     pod = w.k8s_objects("default", "pod")[0]
     path = os.path.join(w.state, "k8s", "default", "pod", pod)
     obj = json.load(open(path))
@@ -417,19 +423,22 @@ def test_verify(healthy):
     check("--verify reports an API key in the pod's environment",
           r.rc != 0 and "AZURE_OPENAI_API_KEY" in r.err and "problem:" in r.err, r.detail())
 
-    w = healthy.copy("wrong-subject")
+
+def verify_wrong_subject(w):
     w.edit_az(lambda s: s["federatedCredentials"]["myResourceGroup/myIdentity/myFederatedCredential"].update(
         subject="system:serviceaccount:default:default"))
     r = w.run("--verify")
     check("--verify reports a federated credential with the wrong subject",
           r.rc != 0 and "system:serviceaccount:default:default" in r.err and "AADSTS700213" in r.err, r.detail())
 
-    w = healthy.copy("no-role")
+
+def verify_no_role(w):
     w.edit_az(lambda s: s.update(roleAssignments=[]))
     r = w.run("--verify")
     check("--verify reports a missing role assignment", r.rc != 0 and f"lacks the role '{ROLE}'" in r.err, r.detail())
 
-    w = healthy.copy("check-fails")
+
+def verify_check_fails(w):
     with open(os.path.join(w.state, "check.json"), "w") as f:
         json.dump({"rc": 1, "out": "error: the token exchange failed: AADSTS70021"}, f)
     r = w.run("--verify")
@@ -438,7 +447,6 @@ def test_verify(healthy):
 
 
 def test_verify_image(healthy):
-    acr = registry_name()
     r = healthy.run("--verify")
     check("--verify runs '/ai-service --version' in the pod and names the version and the image",
           any(c[:2] == ["kubectl", "exec"] and c[-2:] == ["/ai-service", "--version"] for c in r.calls)
@@ -447,8 +455,12 @@ def test_verify_image(healthy):
     check("--verify shows the diagnostic lines of a passing '/ai-service check'",
           "'/ai-service check' in the pod succeeded" in r.err
           and "token: ok from WorkloadIdentityCredential (expires in 3599 s)" in r.err, r.err)
+    in_parallel(lambda: verify_pull_backoff(healthy.copy("pull-backoff")),
+                lambda: verify_python_image(World(os.path.dirname(healthy.dir), "python-image")))
 
-    w = healthy.copy("pull-backoff")
+
+def verify_pull_backoff(w):
+    acr = registry_name()
     pod = w.k8s_objects("default", "pod")[0]
     path = os.path.join(w.state, "k8s", "default", "pod", pod)
     obj = json.load(open(path))
@@ -464,7 +476,8 @@ def test_verify_image(healthy):
     check("--verify does not exec into a pod that cannot pull its image",
           not [c for c in r.calls if c[:2] == ["kubectl", "exec"]] and "is Pending" not in r.err, r.detail())
 
-    w = World(os.path.dirname(healthy.dir), "python-image")
+
+def verify_python_image(w):
     python_image = "ghcr.io/azure-samples/aks-store-demo/ai-service:latest"
     r = w.run(IMAGE=python_image)
     r = w.run("--verify")
@@ -813,8 +826,8 @@ def test_main_world(root):
     test_second_run(w)
     test_verify(w)
     test_verify_image(w)
-    test_recreated_cluster(w.copy("recreated"))
-    test_teardown(w)
+    recreated = w.copy("recreated")
+    in_parallel(lambda: test_recreated_cluster(recreated), lambda: test_teardown(w))
 
 
 def run_scenarios(scenarios, jobs):
@@ -831,14 +844,24 @@ def run_scenarios(scenarios, jobs):
         except Exception as err:  # raised again below, after the output
             return OUTPUT.lines, err
 
+    outer = getattr(OUTPUT, "lines", None)  # set when run_scenarios runs in a scenario
     error = None
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for lines, err in pool.map(run, scenarios):
-            for line in lines:
-                print(line, flush=True)
+            if outer is not None:
+                outer.extend(lines)
+            else:
+                for line in lines:
+                    print(line, flush=True)
             error = error or err
     if error is not None:
         raise error
+
+
+def in_parallel(*scenarios):
+    """Runs parts of a scenario that are independent of each other (each on
+    a world of its own) in parallel; their lines come in the order given."""
+    run_scenarios(scenarios, jobs())
 
 
 def jobs():
