@@ -6,12 +6,18 @@ state directory, then asserts on its exit code, its messages, the commands
 the fakes recorded (one line each, in order) and the state they were left
 in. Prints one "ok - ..." or "not ok - ..." line per check (k8s/test.sh
 counts them) and exits 1 if any failed.
+
+The scenarios run in parallel, on as many threads as there are CPUs
+(SETUP_TEST_JOBS=N sets the number), and print in a fixed order. The fakes
+run in fake_server.py, which forks a warm Python for each command instead
+of starting one (FAKE_SERVER=0 starts one each time, as `python3 FAKE`).
 """
 
 import json
 import os
 import py_compile
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -163,27 +169,55 @@ class World:
         return Run(proc, log)
 
 
-def make_bin(root):
+def make_bin(root, server=None):
     """Wrappers that run the fakes with this interpreter (which has PyYAML
     and jmespath), and a PATH that has everything but az.
 
-    A fake starts for every az or kubectl command, some 750 times in all, so
-    the wrappers start it fast: compiled to bytecode once, here, which Python
-    runs as it is, and with -S, which skips the site module's start-up work
-    (it runs the .pth files of site-packages, which may import whole
-    packages); the directories site adds to the module path come through
-    PYTHONPATH instead, so the fakes import what this interpreter imports."""
+    A fake runs for every az or kubectl command, some 750 times in all, so
+    the wrappers have it run by the fake server (fake_server.py) when there
+    is one (server: its port and token), which forks a warm interpreter for
+    each. Without one, or when it says so, they start the fake themselves,
+    fast: compiled to bytecode once, here, which Python runs as it is, and
+    with -S, which skips the site module's start-up work (it runs the .pth
+    files of site-packages, which may import whole packages); the
+    directories site adds to the module path come through PYTHONPATH
+    instead, so the fakes import what this interpreter imports."""
     bin_dir = os.path.join(root, "bin")
     os.makedirs(bin_dir)
     bare = set(subprocess.run([sys.executable, "-S", "-c", "import sys; print('\\n'.join(sys.path))"],
                               capture_output=True, text=True, check=True).stdout.splitlines())
     site_dirs = os.pathsep.join(p for p in sys.path if p and os.path.abspath(p) != HERE and p not in bare)
+    bash = shutil.which("bash") or "/bin/bash"
     for tool in ("az", "kubectl"):
         compiled = os.path.join(bin_dir, tool + ".pyc")
         py_compile.compile(os.path.join(FAKES, tool), cfile=compiled, doraise=True)
         path = os.path.join(bin_dir, tool)
         with open(path, "w") as f:
-            f.write("#!/bin/sh\n")
+            if server:
+                port, token = server
+                f.write(f"""#!{bash}
+# The fake {tool}, run by the fake server (k8s/tests/fake_server.py), or
+# below when the server cannot.
+if {{ exec 3<>/dev/tcp/127.0.0.1/{port}; }} 2>/dev/null; then
+  # The server takes stdin, stdout and stderr from 5, 6 and 7, which stay
+  # put while printf redirects 1.
+  {{ exec 5<&0 6>&1; }} 2>/dev/null
+  exec 7>&2
+  printf '%s\\0' {token} {tool} "$$" "$#" "$@" >&3
+  IFS= read -r -u 3 answer || true
+  exec 3<&- 5<&- 6>&- 7>&-
+  case $answer in
+    direct) ;;
+    [0-9] | [0-9][0-9] | [0-9][0-9][0-9]) exit "$answer" ;;
+    *)
+      echo "{tool}: the fake server gave no exit code" >&2
+      exit 1
+      ;;
+  esac
+fi
+""")
+            else:
+                f.write("#!/bin/sh\n")
             if site_dirs:
                 f.write(f"PYTHONPATH=${{PYTHONPATH:+$PYTHONPATH:}}{shlex.quote(site_dirs)}\nexport PYTHONPATH\n")
             f.write(f'exec {shlex.quote(sys.executable)} -S {shlex.quote(compiled)} "$@"\n')
@@ -871,10 +905,31 @@ def jobs():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def start_fake_server():
+    """Starts fake_server.py; returns it, its port and its token, or None
+    when FAKE_SERVER=0 or it does not start (the wrappers then start each
+    fake themselves)."""
+    if os.environ.get("FAKE_SERVER") == "0":
+        return None
+    token = secrets.token_hex(16)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "fake_server.py"),
+                             *(os.path.join(FAKES, tool) for tool in ("az", "kubectl"))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, FAKE_SERVER_TOKEN=token))
+    port = proc.stdout.readline().strip()
+    if not port.isdigit():
+        proc.kill()
+        proc.wait()
+        print("# the fake server did not start; each fake command starts Python", file=sys.stderr)
+        return None
+    return proc, int(port), token
+
+
 def main():
     root = tempfile.mkdtemp(prefix="setup-test-")
+    server = start_fake_server()
     try:
-        no_az = make_bin(root)
+        no_az = make_bin(root, server[1:] if server else None)
         SOURCE["dir"] = make_source(root)
         SOURCE["sha"] = git(SOURCE["dir"], "rev-parse", "--short=12", "HEAD")
         # Printed in this order; started in it too, so the longest (the main world) starts at once.
@@ -892,6 +947,9 @@ def main():
             lambda: test_fake_acr(root),
         ], jobs())
     finally:
+        if server:
+            server[0].stdin.close()  # it exits when its stdin closes
+            server[0].wait()
         if os.environ.get("KEEP_TEST_STATE"):
             print(f"# state kept in {root}")
         else:
