@@ -6,16 +6,25 @@ state directory, then asserts on its exit code, its messages, the commands
 the fakes recorded (one line each, in order) and the state they were left
 in. Prints one "ok - ..." or "not ok - ..." line per check (k8s/test.sh
 counts them) and exits 1 if any failed.
+
+The scenarios run in parallel, on as many threads as there are CPUs
+(SETUP_TEST_JOBS=N sets the number), and print in a fixed order. The fakes
+run in fake_server.py, which forks a warm Python for each command instead
+of starting one (FAKE_SERVER=0 starts one each time, as `python3 FAKE`).
 """
 
 import json
 import os
+import py_compile
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SETUP = os.path.join(os.path.dirname(HERE), "setup.sh")
@@ -32,13 +41,23 @@ MUTATING = ("create", "update", "delete", "get-credentials", "run")
 RESULTS = []
 
 
+# The scenarios run in parallel threads (see run_scenarios); each keeps its
+# lines here until they are printed, in the scenarios' order.
+OUTPUT = threading.local()
+
+
 def check(name, condition, detail=""):
     RESULTS.append(bool(condition))
     if condition:
-        print(f"ok - setup.sh: {name}")
+        line = f"ok - setup.sh: {name}"
     else:
         text = str(detail).strip().replace("\n", "\n    ")
-        print(f"not ok - setup.sh: {name}" + (f"\n    {text}" if text else ""))
+        line = f"not ok - setup.sh: {name}" + (f"\n    {text}" if text else "")
+    lines = getattr(OUTPUT, "lines", None)
+    if lines is None:
+        print(line)
+    else:
+        lines.append(line)
 
 
 class Run:
@@ -94,7 +113,7 @@ class World:
     def edit_az(self, fn):
         path = os.path.join(self.state, "az.json")
         if not os.path.exists(path):  # let the fake write its default world
-            subprocess.run([sys.executable, os.path.join(FAKES, "az"), "group", "exists", "--name", "x"],
+            subprocess.run([os.path.join(self.bin, "az"), "group", "exists", "--name", "x"],
                            env=dict(os.environ, FAKE_STATE=self.state), capture_output=True, check=True)
         state = self.az_state()
         fn(state)
@@ -140,7 +159,8 @@ class World:
         log = os.path.join(self.dir, f"calls-{self.runs}.log")
         full = {k: v for k, v in os.environ.items() if k not in SETTINGS and not k.startswith("FAKE_")}
         full.update(PATH=path or f"{self.bin}:{os.environ['PATH']}", FAKE_STATE=self.state, FAKE_LOG=log,
-                    FAKE_REAL_KUBECTL=REAL_KUBECTL, RETRY_DELAY="0", KUBECONFIG=os.path.join(self.state, "kubeconfig"))
+                    FAKE_REAL_KUBECTL=REAL_KUBECTL, FAKE_JSONPATH_CACHE=os.path.join(os.path.dirname(self.dir), "jsonpath"),
+                    RETRY_DELAY="0", KUBECONFIG=os.path.join(self.state, "kubeconfig"))
         if not default_source:
             full["SOURCE_DIR"] = self.source
         full.update(env)
@@ -149,15 +169,58 @@ class World:
         return Run(proc, log)
 
 
-def make_bin(root):
+def make_bin(root, server=None):
     """Wrappers that run the fakes with this interpreter (which has PyYAML
-    and jmespath), and a PATH that has everything but az."""
+    and jmespath), and a PATH that has everything but az.
+
+    A fake runs for every az or kubectl command, some 750 times in all, so
+    the wrappers have it run by the fake server (fake_server.py) when there
+    is one (server: its port and token), which forks a warm interpreter for
+    each. Without one, or when it says so, they start the fake themselves,
+    fast: compiled to bytecode once, here, which Python runs as it is, and
+    with -S, which skips the site module's start-up work (it runs the .pth
+    files of site-packages, which may import whole packages); the
+    directories site adds to the module path come through PYTHONPATH
+    instead, so the fakes import what this interpreter imports."""
     bin_dir = os.path.join(root, "bin")
     os.makedirs(bin_dir)
+    bare = set(subprocess.run([sys.executable, "-S", "-c", "import sys; print('\\n'.join(sys.path))"],
+                              capture_output=True, text=True, check=True).stdout.splitlines())
+    site_dirs = os.pathsep.join(p for p in sys.path if p and os.path.abspath(p) != HERE and p not in bare)
+    bash = shutil.which("bash") or "/bin/bash"
     for tool in ("az", "kubectl"):
+        compiled = os.path.join(bin_dir, tool + ".pyc")
+        py_compile.compile(os.path.join(FAKES, tool), cfile=compiled, doraise=True)
         path = os.path.join(bin_dir, tool)
         with open(path, "w") as f:
-            f.write(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(os.path.join(FAKES, tool))} "$@"\n')
+            if server:
+                port, token = server
+                f.write(f"""#!{bash}
+# The fake {tool}, run by the fake server (k8s/tests/fake_server.py), or
+# below when the server cannot.
+if {{ exec 3<>/dev/tcp/127.0.0.1/{port}; }} 2>/dev/null; then
+  # The server takes stdin, stdout and stderr from 5, 6 and 7, which stay
+  # put while printf redirects 1.
+  {{ exec 5<&0 6>&1; }} 2>/dev/null
+  exec 7>&2
+  printf '%s\\0' {token} {tool} "$$" "$#" "$@" >&3
+  IFS= read -r -u 3 answer || true
+  exec 3<&- 5<&- 6>&- 7>&-
+  case $answer in
+    direct) ;;
+    [0-9] | [0-9][0-9] | [0-9][0-9][0-9]) exit "$answer" ;;
+    *)
+      echo "{tool}: the fake server gave no exit code" >&2
+      exit 1
+      ;;
+  esac
+fi
+""")
+            else:
+                f.write("#!/bin/sh\n")
+            if site_dirs:
+                f.write(f"PYTHONPATH=${{PYTHONPATH:+$PYTHONPATH:}}{shlex.quote(site_dirs)}\nexport PYTHONPATH\n")
+            f.write(f'exec {shlex.quote(sys.executable)} -S {shlex.quote(compiled)} "$@"\n')
         os.chmod(path, 0o755)
     no_az = os.path.join(root, "no-az")
     os.makedirs(no_az)
@@ -371,14 +434,20 @@ def test_verify(healthy):
           any(c[:2] == ["kubectl", "exec"] and c[-2:] == ["/ai-service", "check"] for c in r.calls))
     check("--verify changes nothing", not [c for c in r.changes() if c[:3] != ["az", "aks", "get-credentials"]],
           r.detail())
+    # Each breaks a copy of the healthy world; they run in parallel.
+    in_parallel(lambda: verify_no_subdomain(healthy.copy("no-subdomain")), lambda: verify_api_key(healthy.copy("api-key")),
+                lambda: verify_wrong_subject(healthy.copy("wrong-subject")), lambda: verify_no_role(healthy.copy("no-role")),
+                lambda: verify_check_fails(healthy.copy("check-fails")))
 
-    w = healthy.copy("no-subdomain")
+
+def verify_no_subdomain(w):
     w.edit_az(lambda s: s["accounts"]["myResourceGroup/myaoai"].update(customSubDomainName=None))
     r = w.run("--verify")
     check("--verify reports a missing custom subdomain, with the fix",
           r.rc != 0 and "no custom subdomain" in r.err and "--custom-domain" in r.err, r.detail())
 
-    w = healthy.copy("api-key")
+
+def verify_api_key(w):
     pod = w.k8s_objects("default", "pod")[0]
     path = os.path.join(w.state, "k8s", "default", "pod", pod)
     obj = json.load(open(path))
@@ -388,19 +457,22 @@ def test_verify(healthy):
     check("--verify reports an API key in the pod's environment",
           r.rc != 0 and "AZURE_OPENAI_API_KEY" in r.err and "problem:" in r.err, r.detail())
 
-    w = healthy.copy("wrong-subject")
+
+def verify_wrong_subject(w):
     w.edit_az(lambda s: s["federatedCredentials"]["myResourceGroup/myIdentity/myFederatedCredential"].update(
         subject="system:serviceaccount:default:default"))
     r = w.run("--verify")
     check("--verify reports a federated credential with the wrong subject",
           r.rc != 0 and "system:serviceaccount:default:default" in r.err and "AADSTS700213" in r.err, r.detail())
 
-    w = healthy.copy("no-role")
+
+def verify_no_role(w):
     w.edit_az(lambda s: s.update(roleAssignments=[]))
     r = w.run("--verify")
     check("--verify reports a missing role assignment", r.rc != 0 and f"lacks the role '{ROLE}'" in r.err, r.detail())
 
-    w = healthy.copy("check-fails")
+
+def verify_check_fails(w):
     with open(os.path.join(w.state, "check.json"), "w") as f:
         json.dump({"rc": 1, "out": "error: the token exchange failed: AADSTS70021"}, f)
     r = w.run("--verify")
@@ -409,7 +481,6 @@ def test_verify(healthy):
 
 
 def test_verify_image(healthy):
-    acr = registry_name()
     r = healthy.run("--verify")
     check("--verify runs '/ai-service --version' in the pod and names the version and the image",
           any(c[:2] == ["kubectl", "exec"] and c[-2:] == ["/ai-service", "--version"] for c in r.calls)
@@ -418,8 +489,12 @@ def test_verify_image(healthy):
     check("--verify shows the diagnostic lines of a passing '/ai-service check'",
           "'/ai-service check' in the pod succeeded" in r.err
           and "token: ok from WorkloadIdentityCredential (expires in 3599 s)" in r.err, r.err)
+    in_parallel(lambda: verify_pull_backoff(healthy.copy("pull-backoff")),
+                lambda: verify_python_image(World(os.path.dirname(healthy.dir), "python-image")))
 
-    w = healthy.copy("pull-backoff")
+
+def verify_pull_backoff(w):
+    acr = registry_name()
     pod = w.k8s_objects("default", "pod")[0]
     path = os.path.join(w.state, "k8s", "default", "pod", pod)
     obj = json.load(open(path))
@@ -435,7 +510,8 @@ def test_verify_image(healthy):
     check("--verify does not exec into a pod that cannot pull its image",
           not [c for c in r.calls if c[:2] == ["kubectl", "exec"]] and "is Pending" not in r.err, r.detail())
 
-    w = World(os.path.dirname(healthy.dir), "python-image")
+
+def verify_python_image(w):
     python_image = "ghcr.io/azure-samples/aks-store-demo/ai-service:latest"
     r = w.run(IMAGE=python_image)
     r = w.run("--verify")
@@ -776,31 +852,104 @@ def test_cli(root):
     check("an unknown flag is refused", r.rc != 0 and "Unknown argument '--frobnicate'" in r.err and not r.calls, r.detail())
 
 
+def test_main_world(root):
+    """The life of one setup: a first run, a second, --verify, --teardown."""
+    w = World(root, "main")
+    r = test_first_run(w)
+    test_first_run_image(w, r)
+    test_second_run(w)
+    test_verify(w)
+    test_verify_image(w)
+    recreated = w.copy("recreated")
+    in_parallel(lambda: test_recreated_cluster(recreated), lambda: test_teardown(w))
+
+
+def run_scenarios(scenarios, jobs):
+    """Runs the scenarios, each with worlds of its own, on `jobs` threads
+    (each waits on its runs of setup.sh, so they overlap), and prints their
+    lines in the order of the list, each as soon as it and those before it
+    are done: the output is the same as if they ran one after the other. An
+    exception in a scenario is raised again once all have been printed."""
+    def run(scenario):
+        OUTPUT.lines = []
+        try:
+            scenario()
+            return OUTPUT.lines, None
+        except Exception as err:  # raised again below, after the output
+            return OUTPUT.lines, err
+
+    outer = getattr(OUTPUT, "lines", None)  # set when run_scenarios runs in a scenario
+    error = None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for lines, err in pool.map(run, scenarios):
+            if outer is not None:
+                outer.extend(lines)
+            else:
+                for line in lines:
+                    print(line, flush=True)
+            error = error or err
+    if error is not None:
+        raise error
+
+
+def in_parallel(*scenarios):
+    """Runs parts of a scenario that are independent of each other (each on
+    a world of its own) in parallel; their lines come in the order given."""
+    run_scenarios(scenarios, jobs())
+
+
+def jobs():
+    """SETUP_TEST_JOBS, else the number of CPUs this process may use."""
+    if os.environ.get("SETUP_TEST_JOBS"):
+        return max(1, int(os.environ["SETUP_TEST_JOBS"]))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def start_fake_server():
+    """Starts fake_server.py; returns it, its port and its token, or None
+    when FAKE_SERVER=0 or it does not start (the wrappers then start each
+    fake themselves)."""
+    if os.environ.get("FAKE_SERVER") == "0":
+        return None
+    token = secrets.token_hex(16)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "fake_server.py"),
+                             *(os.path.join(FAKES, tool) for tool in ("az", "kubectl"))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, FAKE_SERVER_TOKEN=token))
+    port = proc.stdout.readline().strip()
+    if not port.isdigit():
+        proc.kill()
+        proc.wait()
+        print("# the fake server did not start; each fake command starts Python", file=sys.stderr)
+        return None
+    return proc, int(port), token
+
+
 def main():
     root = tempfile.mkdtemp(prefix="setup-test-")
+    server = start_fake_server()
     try:
-        no_az = make_bin(root)
+        no_az = make_bin(root, server[1:] if server else None)
         SOURCE["dir"] = make_source(root)
         SOURCE["sha"] = git(SOURCE["dir"], "rev-parse", "--short=12", "HEAD")
-        test_cli(root)
-        w = World(root, "main")
-        r = test_first_run(w)
-        test_first_run_image(w, r)
-        test_second_run(w)
-        test_verify(w)
-        test_verify_image(w)
-        test_recreated_cluster(w.copy("recreated"))
-        test_teardown(w)
-        test_failing_step(root)
-        test_prerequisites(root, no_az)
-        test_dry_run(root)
-        test_custom_names(root)
-        test_replication_retry(root)
-        test_architectures(root)
-        test_registries(root)
-        test_source_tags(root)
-        test_fake_acr(root)
+        # Printed in this order; started in it too, so the longest (the main world) starts at once.
+        run_scenarios([
+            lambda: test_cli(root),
+            lambda: test_main_world(root),
+            lambda: test_failing_step(root),
+            lambda: test_prerequisites(root, no_az),
+            lambda: test_dry_run(root),
+            lambda: test_custom_names(root),
+            lambda: test_replication_retry(root),
+            lambda: test_architectures(root),
+            lambda: test_registries(root),
+            lambda: test_source_tags(root),
+            lambda: test_fake_acr(root),
+        ], jobs())
     finally:
+        if server:
+            server[0].stdin.close()  # it exits when its stdin closes
+            server[0].wait()
         if os.environ.get("KEEP_TEST_STATE"):
             print(f"# state kept in {root}")
         else:
