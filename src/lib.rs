@@ -15,6 +15,7 @@ pub mod listener;
 pub mod llm;
 pub mod metrics;
 pub mod routes;
+pub mod runtime;
 pub mod services;
 pub mod state;
 pub mod telemetry;

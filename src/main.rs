@@ -20,8 +20,15 @@ usage: ai-service [COMMAND]
   --version    print the version
 ";
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Sized to the CPU quota: one thread in a pod limited to one CPU or less.
+    ai_service::runtime::block_on(async_main(), |err| {
+        let _ = writeln!(std::io::stderr(), "cannot start the async runtime: {err}");
+        ExitCode::FAILURE
+    })
+}
+
+async fn async_main() -> ExitCode {
     // Only ./.env (not a parent's): a missing one is normal, and it never overrides the real environment.
     let _ = dotenvy::from_path(".env");
     match std::env::args().nth(1).as_deref() {

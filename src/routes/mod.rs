@@ -1,20 +1,19 @@
 //! The API's routes and its OpenAPI document, generated from the handlers.
 
 pub mod description;
+pub mod docs;
 pub mod health;
 pub mod image;
 
 use axum::{
     Router,
     body::Bytes,
-    http::{HeaderMap, StatusCode, header},
-    response::{IntoResponse, Response},
+    http::{HeaderMap, header},
     routing::get,
 };
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
-use utoipa_swagger_ui::SwaggerUi;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -96,23 +95,12 @@ pub fn router() -> Router<AppState> {
     // Serialised once: axum clones every route's handler for each connection, and a
     // captured `OpenApi` value cost ~250 KB per open connection.
     let document = Bytes::from(api.to_json().unwrap_or_default());
-    let docs: Router<AppState> = SwaggerUi::new("/docs")
-        .config(utoipa_swagger_ui::Config::from("/openapi.json"))
-        .into();
-    // The docs handler answers an unknown asset with a bare 404; every error carries a `detail`.
-    let docs = docs.layer(axum::middleware::map_response(|response: Response| async move {
-        if response.status() == StatusCode::NOT_FOUND {
-            AppError::NotFound.into_response()
-        } else {
-            response
-        }
-    }));
     router
         .route(
             "/openapi.json",
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
         )
-        .merge(docs)
+        .merge(docs::router())
 }
 
 /// What both generation routes do around their one model call: take a slot (or shed

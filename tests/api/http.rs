@@ -446,3 +446,48 @@ async fn after_a_413_the_service_discards_at_most_32_mib_then_closes() {
     assert!(closed);
     assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 413 "), "{answer}");
 }
+
+#[tokio::test]
+async fn the_docs_assets_are_sent_gzip_compressed_and_refused_to_a_client_that_takes_no_gzip() {
+    // Arrange
+    let app = spawn_app(vec![]).await;
+
+    for (asset, content_type) in [
+        ("swagger-ui-bundle.js", "text/javascript"),
+        ("swagger-ui.css", "text/css"),
+    ] {
+        // Act: as a browser asks
+        let response = app
+            .client
+            .get(app.url(&format!("/docs/{asset}")))
+            .header("accept-encoding", "gzip, deflate, br, zstd")
+            .send()
+            .await
+            .unwrap();
+
+        // Assert: the pre-compressed bytes, labelled as such
+        assert_eq!(response.status().as_u16(), 200, "{asset}");
+        let headers = response.headers().clone();
+        assert_eq!(headers["content-encoding"], "gzip", "{asset}");
+        assert!(
+            headers["content-type"].to_str().unwrap().starts_with(content_type),
+            "{asset}"
+        );
+        assert_eq!(headers["vary"], "accept-encoding", "{asset}");
+        assert_eq!(&response.bytes().await.unwrap()[..2], &[0x1f, 0x8b], "{asset}");
+
+        // Act: a client that takes only identity
+        let refused = app
+            .client
+            .get(app.url(&format!("/docs/{asset}")))
+            .header("accept-encoding", "identity")
+            .send()
+            .await
+            .unwrap();
+
+        // Assert
+        let (status, body) = status_and_json(refused).await;
+        assert_eq!(status, 406, "{asset}");
+        assert!(body["detail"].as_str().unwrap().contains("gzip"), "{body}");
+    }
+}
