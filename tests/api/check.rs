@@ -810,18 +810,12 @@ async fn check_calls_every_deployment_of_both_pools_once_and_prints_each_result(
         MockResponse::json(200, json!({"created": 1, "data": [{"b64_json": "iVBORw0KGgo="}]}))
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("pools.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[[chat]]\nendpoint = \"{}\"\ndeployment = \"gpt-5-mini-sweden\"\n\n[[image]]\nendpoint = \"{}\"\ndeployment = \"gpt-image-1\"\napi_version = \"v1\"\n",
-            missing.url, images.url
-        ),
-    )
-    .unwrap();
+    let file = config_file(&format!(
+        "[[chat]]\nendpoint = \"{}\"\ndeployment = \"gpt-5-mini-sweden\"\n\n[[image]]\nendpoint = \"{}\"\ndeployment = \"gpt-image-1\"\napi_version = \"v1\"\n",
+        missing.url, images.url
+    ));
     let mut all = azure_key_vars(&primary);
-    all.extend(vars(&[("AI_SERVICE_CONFIG", file.to_str().unwrap())]));
+    all.extend(vars(&[("AI_SERVICE_CONFIG", file.path.as_str())]));
 
     // Act
     let (ok, output) = run_check(all, test_dependencies()).await;

@@ -1132,3 +1132,20 @@ pub fn strip_ansi(line: &str) -> String {
     }
     out
 }
+
+/// A TOML file for `AI_SERVICE_CONFIG`, removed with the value.
+pub struct ConfigFile {
+    _dir: tempfile::TempDir,
+    pub path: String,
+}
+
+/// Writes `toml` to a fresh file for `AI_SERVICE_CONFIG`.
+pub fn config_file(toml: &str) -> ConfigFile {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ai-service.toml");
+    std::fs::write(&path, toml).unwrap();
+    ConfigFile {
+        path: path.to_str().expect("a UTF-8 temp path").to_owned(),
+        _dir: dir,
+    }
+}

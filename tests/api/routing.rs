@@ -23,11 +23,10 @@ fn product() -> Value {
 /// with `routing` as the file's `[routing]` table (TOML lines) and `extra` variables.
 struct Pool {
     app: TestApp,
-    _dir: tempfile::TempDir,
+    _file: ConfigFile,
 }
 
 async fn pool(primary: &MockServer, others: &[&MockServer], routing: &str, extra: &[(&str, &str)]) -> Pool {
-    let dir = tempfile::tempdir().unwrap();
     let mut toml = String::new();
     for (index, other) in others.iter().enumerate() {
         toml.push_str(&format!(
@@ -37,14 +36,13 @@ async fn pool(primary: &MockServer, others: &[&MockServer], routing: &str, extra
         ));
     }
     toml.push_str(&format!("[routing]\n{routing}\n"));
-    let file = dir.path().join("ai-service.toml");
-    std::fs::write(&file, toml).unwrap();
+    let file = config_file(&toml);
     let mut all = azure_key_vars(primary);
-    all.extend(vars(&[("AI_SERVICE_CONFIG", file.to_str().unwrap())]));
+    all.extend(vars(&[("AI_SERVICE_CONFIG", file.path.as_str())]));
     all.extend(vars(extra));
     Pool {
         app: spawn_app(all).await,
-        _dir: dir,
+        _file: file,
     }
 }
 
@@ -364,20 +362,14 @@ async fn the_v1_api_puts_the_deployment_in_the_body_and_sends_no_api_version() {
     // Arrange: the drop-in deployment on v1 through the variable, a file entry on v1 through its key.
     let primary = MockServer::start(|_, _| throttled(30_000)).await;
     let secondary = MockServer::start(|_, _| ok()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("pools.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[[chat]]\nendpoint = \"{}\"\ndeployment = \"gpt-5-mini-sweden\"\napi_version = \"v1\"\n",
-            secondary.url
-        ),
-    )
-    .unwrap();
+    let file = config_file(&format!(
+        "[[chat]]\nendpoint = \"{}\"\ndeployment = \"gpt-5-mini-sweden\"\napi_version = \"v1\"\n",
+        secondary.url
+    ));
     let mut all = azure_key_vars(&primary);
     all.extend(vars(&[
         ("AZURE_OPENAI_API_VERSION", "v1"),
-        ("AI_SERVICE_CONFIG", file.to_str().unwrap()),
+        ("AI_SERVICE_CONFIG", file.path.as_str()),
     ]));
     let app = spawn_app(all).await;
 
@@ -404,18 +396,12 @@ async fn an_image_pool_from_the_file_alone_turns_images_on_and_uses_v1() {
         MockResponse::json(200, json!({"created": 1, "data": [{"b64_json": "iVBORw0KGgo="}]}))
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("pools.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[[image]]\nendpoint = \"{}\"\ndeployment = \"gpt-image-1\"\napi_version = \"v1\"\n",
-            images.url
-        ),
-    )
-    .unwrap();
+    let file = config_file(&format!(
+        "[[image]]\nendpoint = \"{}\"\ndeployment = \"gpt-image-1\"\napi_version = \"v1\"\n",
+        images.url
+    ));
     let mut all = azure_key_vars(&chat);
-    all.extend(vars(&[("AI_SERVICE_CONFIG", file.to_str().unwrap())]));
+    all.extend(vars(&[("AI_SERVICE_CONFIG", file.path.as_str())]));
     let app = spawn_app(all).await;
 
     // Act
@@ -444,19 +430,13 @@ async fn an_entry_may_name_its_own_key_variable() {
     // Arrange
     let primary = MockServer::start(|_, _| throttled(30_000)).await;
     let secondary = MockServer::start(|_, _| ok()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("pools.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[[chat]]\nendpoint = \"{}\"\ndeployment = \"gpt-5-mini\"\napi_key_env = \"SWEDEN_KEY\"\n",
-            secondary.url
-        ),
-    )
-    .unwrap();
+    let file = config_file(&format!(
+        "[[chat]]\nendpoint = \"{}\"\ndeployment = \"gpt-5-mini\"\napi_key_env = \"SWEDEN_KEY\"\n",
+        secondary.url
+    ));
     let mut all = azure_key_vars(&primary);
     all.extend(vars(&[
-        ("AI_SERVICE_CONFIG", file.to_str().unwrap()),
+        ("AI_SERVICE_CONFIG", file.path.as_str()),
         ("SWEDEN_KEY", "sweden-key-9876543210"),
     ]));
     let app = spawn_app(all).await;
