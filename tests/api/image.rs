@@ -21,6 +21,16 @@ fn contract_prompt(name: &str, description: &str) -> String {
 }
 
 /// The key configuration of `azure_key_vars` plus an image deployment and `extra`.
+/// Status, raw text and failure clause of an image request that must fail.
+async fn draw_failing(app: &TestApp) -> (u16, String, String) {
+    let response = app.post_image(&product()).await;
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    let clause = failure_clause(detail(&body)).to_owned();
+    (status, text, clause)
+}
+
 fn image_vars(azure: &MockServer, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut all = azure_key_vars(azure);
     all.push((
@@ -273,14 +283,10 @@ async fn image_content_filtering_in_every_shape_answers_422_asking_for_a_simpler
         azure.respond_with(move |_, _| MockResponse::json(400, shape.clone()));
 
         // Act
-        let response = app.post_image(&product()).await;
+        let (status, text, sentence) = draw_failing(&app).await;
 
         // Assert
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
         assert_eq!(status, 422, "shape {i}: {text}");
-        let body: Value = serde_json::from_str(&text).unwrap();
-        let sentence = failure_clause(detail(&body));
         assert!(
             sentence.starts_with("the safety system blocked") && sentence.contains("simpler"),
             "shape {i}: {sentence}"
@@ -325,14 +331,10 @@ async fn a_refused_key_answers_502_naming_the_key() {
         let app = spawn_app(image_vars(&azure, &[])).await;
 
         // Act
-        let response = app.post_image(&product()).await;
+        let (status, text, sentence) = draw_failing(&app).await;
 
         // Assert
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
         assert_eq!(status, 502, "{status_code}: {text}");
-        let body: Value = serde_json::from_str(&text).unwrap();
-        let sentence = failure_clause(detail(&body));
         assert!(
             sentence.contains("key")
                 && sentence.contains(&status_code.to_string())
@@ -358,14 +360,10 @@ async fn a_refused_entra_token_answers_502_naming_the_role_to_assign() {
         let app = spawn_entra_image_app(&azure).await;
 
         // Act
-        let response = app.post_image(&product()).await;
+        let (status, text, sentence) = draw_failing(&app).await;
 
         // Assert
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
         assert_eq!(status, 502, "{status_code}: {text}");
-        let body: Value = serde_json::from_str(&text).unwrap();
-        let sentence = failure_clause(detail(&body));
         assert!(
             sentence.contains("Cognitive Services OpenAI User") && sentence.contains(&status_code.to_string()),
             "{sentence}"
@@ -397,17 +395,11 @@ async fn an_unusable_image_answer_is_a_502_without_the_upstream_body() {
         azure.respond_with(move |_, _| answer.clone());
 
         // Act
-        let response = app.post_image(&product()).await;
+        let (status, text, sentence) = draw_failing(&app).await;
 
         // Assert
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
         assert_eq!(status, 502, "answer {i}: {text}");
-        let body: Value = serde_json::from_str(&text).unwrap();
-        assert!(
-            failure_clause(detail(&body)).starts_with("the model API returned an answer"),
-            "{body}"
-        );
+        assert!(sentence.starts_with("the model API returned an answer"), "{text}");
         assert!(!text.contains(MARKER), "answer {i} echoed the upstream: {text}");
     }
 }
@@ -449,14 +441,10 @@ async fn a_400_without_a_json_error_answers_400_with_a_sentence_not_an_empty_mes
     let app = spawn_app(image_vars(&azure, &[])).await;
 
     // Act
-    let response = app.post_image(&product()).await;
+    let (status, text, sentence) = draw_failing(&app).await;
 
     // Assert
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
     assert_eq!(status, 400, "{text}");
-    let body: Value = serde_json::from_str(&text).unwrap();
-    let sentence = failure_clause(detail(&body));
     assert!(sentence.len() > 10, "{sentence}");
     assert!(!text.contains(MARKER), "{text}");
 }
