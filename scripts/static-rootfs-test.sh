@@ -427,9 +427,10 @@ main() {
       exit 1
     }
   done
-  CHROOT=$(command -v chroot || true)
-  UNSHARE=$(command -v unshare || true)
-  [[ -n $CHROOT ]] || {
+  # chroot lives in /usr/sbin, which a non-root user's PATH often lacks; only root needs it.
+  CHROOT=$(PATH="$PATH:/usr/sbin:/sbin" command -v chroot || true)
+  UNSHARE=$(PATH="$PATH:/usr/sbin:/sbin" command -v unshare || true)
+  [[ -n $CHROOT || $(id -u) != 0 ]] || {
     echo "error: chroot is not on PATH; install coreutils." >&2
     exit 1
   }
