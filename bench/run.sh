@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # make bench: the release service against a mock Azure OpenAI + Entra token endpoint
 # over HTTPS on loopback, driven by wrk. Writes bench/results/bench.md and prints it.
-# Every load phase is bounded (PHASE_SECONDS); the whole run takes about 1-2 minutes
-# once the release build exists.
+# Every load phase is bounded (PHASE_SECONDS); the whole run takes about 3 minutes
+# once the build exists. Last, the service runs again inside a 50 millicore CPU
+# quota (the seed's Kubernetes limit) when this user can make a cgroup (root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PHASE_SECONDS=${PHASE_SECONDS:-8}
 LATENCY_MS=100
+# The profile the image ships (Dockerfile, make static); PROFILE=release compares.
+PROFILE=${PROFILE:-dist}
+QUOTA_US=5000 # per PERIOD_US: 50 millicores, as Kubernetes writes `limits: cpu: 50m`
+PERIOD_US=100000
+STARTUP_RUNS=7
 RESULTS=bench/results
 mkdir -p "$RESULTS"
 work=$(mktemp -d)
 pids=()
+cgroup= # the quota's cgroup directory, once made
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [[ -n $cgroup ]]; then
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rmdir "$cgroup" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -24,11 +35,16 @@ if ! command -v wrk >/dev/null; then
 fi
 
 # The service is measured as it ships: the Dockerfile's static binary (same flags as make static).
+# AWS_LC_SYS_NO_JITTER_ENTROPY=1: aws-lc seeds its random generator from the kernel
+# (getrandom) only, without also timing CPU jitter for ~40 ms of CPU at the first TLS
+# handshake, which inside a 50 millicore quota is 8 periods, most of a second.
 target_dir=${CARGO_TARGET_DIR:-target}
-RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"' \
-  cargo build --locked --release --target x86_64-unknown-linux-gnu --bin ai-service
+RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"' AWS_LC_SYS_NO_JITTER_ENTROPY=1 \
+  cargo build --locked --profile "$PROFILE" --target x86_64-unknown-linux-gnu --bin ai-service
 cargo build --locked --release --example mock_upstream
-bin=$target_dir/x86_64-unknown-linux-gnu/release/ai-service
+bin=$target_dir/x86_64-unknown-linux-gnu/$PROFILE/ai-service
+# BENCH_BIN=path measures another build (e.g. an older one) in the same conditions.
+bin=${BENCH_BIN:-$bin}
 mock=$target_dir/release/examples/mock_upstream
 
 MOCK_LATENCY_MS=$LATENCY_MS MOCK_CA_OUT="$work/ca.pem" MOCK_PORT_OUT="$work/port" "$mock" &
@@ -40,19 +56,29 @@ mock_url="https://localhost:$mock_port/"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 echo "eyJhbGciOiJub25lIn0.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDphaS1zZXJ2aWNlLWFjY291bnQifQ." > "$work/token"
 
-start_ns=$(date +%s%N)
-env -i PATH="$PATH" PORT="$port" RUST_LOG=warn SSL_CERT_FILE="$work/ca.pem" \
-  USE_AZURE_OPENAI=True USE_AZURE_AD=True \
-  AZURE_OPENAI_ENDPOINT="$mock_url" AZURE_OPENAI_DEPLOYMENT_NAME=gpt-5-mini AZURE_OPENAI_IMAGE_DEPLOYMENT_NAME=gpt-image-1 \
-  AZURE_CLIENT_ID=00000000-0000-0000-0000-000000000001 AZURE_TENANT_ID=00000000-0000-0000-0000-000000000002 \
-  AZURE_FEDERATED_TOKEN_FILE="$work/token" AZURE_AUTHORITY_HOST="$mock_url" \
-  "$bin" > "$work/service.log" 2>&1 &
+# The service's command line: workload identity against the mock, logging at warn.
+service_cmd=(env -i PATH="$PATH" PORT="$port" RUST_LOG=warn SSL_CERT_FILE="$work/ca.pem"
+  USE_AZURE_OPENAI=True USE_AZURE_AD=True
+  AZURE_OPENAI_ENDPOINT="$mock_url" AZURE_OPENAI_DEPLOYMENT_NAME=gpt-5-mini AZURE_OPENAI_IMAGE_DEPLOYMENT_NAME=gpt-image-1
+  AZURE_CLIENT_ID=00000000-0000-0000-0000-000000000001 AZURE_TENANT_ID=00000000-0000-0000-0000-000000000002
+  AZURE_FEDERATED_TOKEN_FILE="$work/token" AZURE_AUTHORITY_HOST="$mock_url"
+  "$bin")
+median() { sort -n | awk '{v[NR] = $1} END {printf "%.1f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+range() { sort -n | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%s-%s", lo, hi}'; }
+token_requests() { curl -s "https://localhost:$mock_port/stats" --cacert "$work/ca.pem" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_requests"])'; }
+
+# Startup, from exec to the first 200 on /health, several times (one start is noise).
+python3 bench/startup.py "$STARTUP_RUNS" "$port" "$work/startup.log" -- "${service_cmd[@]}" > "$work/startup.txt"
+startup_median=$(median < "$work/startup.txt")
+startup_range=$(range < "$work/startup.txt")
+
+tokens_before=$(token_requests) # the startup runs fetched some
+"${service_cmd[@]}" > "$work/service.log" 2>&1 &
 service=$!
 pids+=("$service")
 until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health") == 200 ]]; do
   kill -0 "$service" 2>/dev/null || { cat "$work/service.log"; exit 1; }
 done
-startup_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$service/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$service/status"; }
@@ -62,12 +88,25 @@ mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 # wrk prints latencies like 101.23ms, 1.02s or 950.00us; convert to milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) {sub(/us$/,"",v); printf "%.2f", v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); printf "%.2f", v} else if (v ~ /s$/) {sub(/s$/,"",v); printf "%.2f", v*1000} else print v }'; }
 
-sleep 1
-idle_rss=$(rss_kib)
+# Idle: 2 s after the startup token fetch (its TLS connection and buffers included).
+idle_after_token() {
+  local before=$1
+  for _ in $(seq 200); do (( $(token_requests) > before )) && break; sleep 0.05; done
+  sleep 2
+  idle_rss=$(rss_kib)
+  idle_threads=$(awk '/^Threads/ {print $2}' "/proc/$service/status")
+}
+idle_after_token "$tokens_before"
 # One request first, so the token acquisition is not part of any phase.
 curl -s -o /dev/null -X POST -H 'content-type: application/json' -d '{"name":"warm","tags":[]}' "http://127.0.0.1:$port/generate/description"
 
 rows=()
+quota_rows=()
+in_quota=
+# "periods throttled": the quota cgroup's cpu.stat counters (v1 and v2 name them alike)
+throttled() {
+  if [[ -n $in_quota ]]; then awk '$1 == "nr_periods" {p = $2} $1 == "nr_throttled" {t = $2} END {print p, t}' "$cgroup/cpu.stat"; fi
+}
 max_load_rss=0
 service_calls=1 # the warm-up request
 phase() { # concurrency latency_ms [jitter_ms: each answer waits latency + U(0, jitter)]
@@ -81,12 +120,14 @@ phase() { # concurrency latency_ms [jitter_ms: each answer waits latency + U(0, 
   ( peak=0; while kill -0 "$service" 2>/dev/null; do r=$(rss_kib); (( r > peak )) && peak=$r && echo "$peak" > "$work/load_rss"; sleep 0.2; done ) &
   local sampler=$!
   local before_ticks; before_ticks=$(cpu_ticks)
+  local before_throttled; before_throttled=$(throttled)
   local before_chat; before_chat=$(curl -s "https://localhost:$mock_port/stats" --cacert "$work/ca.pem" | python3 -c 'import json,sys; print(json.load(sys.stdin)["chat_requests"])')
   wrk -t"$threads" -c"$c" -d"${PHASE_SECONDS}s" --latency -s bench/post.lua "http://127.0.0.1:$port/generate/description" > "$work/wrk.txt"
   kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
   local load_rss; load_rss=$(cat "$work/load_rss" 2>/dev/null || echo 0)
   (( load_rss > max_load_rss )) && max_load_rss=$load_rss
   local ticks=$(( $(cpu_ticks) - before_ticks ))
+  local after_throttled; after_throttled=$(throttled)
   local rps p50 p99 requests errors non2xx
   rps=$(awk '/^Requests\/sec/ {print $2}' "$work/wrk.txt")
   p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$work/wrk.txt")")
@@ -116,7 +157,13 @@ phase() { # concurrency latency_ms [jitter_ms: each answer waits latency + U(0, 
   cpu_us=$(awk -v t="$ticks" -v hz="$ticks_per_s" -v n="$requests" 'BEGIN {printf "%.0f", (n > 0) ? 1e6 * t / hz / n : 0}')
   local shown_latency=$latency
   (( jitter > 0 )) && shown_latency="$latency + U(0,$jitter)"
-  rows+=("| $c | $shown_latency | $rps | $bound | $efficiency | $p50 | $p99 | $direct50 | $direct99 | $added50 | $added99 | $cpu_us | $(mib "$load_rss") | $non2xx | $(( after_chat - before_chat )) |")
+  if [[ -n $in_quota ]]; then
+    local throttled_share # periods in which the quota ran out, of all periods with work
+    throttled_share=$(awk -v b="$before_throttled" -v a="$after_throttled" 'BEGIN {split(b, x); split(a, y); p = y[1] - x[1]; printf "%.0f%%", (p > 0) ? 100 * (y[2] - x[2]) / p : 0}')
+    quota_rows+=("| $c | $shown_latency | $rps | $bound | $efficiency | $p50 | $p99 | $added50 | $added99 | $cpu_us | $throttled_share | $non2xx |")
+  else
+    rows+=("| $c | $shown_latency | $rps | $bound | $efficiency | $p50 | $p99 | $direct50 | $direct99 | $added50 | $added99 | $cpu_us | $(mib "$load_rss") | $non2xx | $(( after_chat - before_chat )) |")
+  fi
   echo "phase c=$c latency=${latency}ms: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors: $errors" >&2
 }
 
@@ -140,14 +187,59 @@ image_rss=$(cat "$work/image_rss" 2>/dev/null || echo 0)
 echo "image flood c=32: $image_requests requests, $image_shed shed, RSS peak $(mib "$image_rss") MiB" >&2
 
 peak_rss=$(hwm_kib)
-stats=$(curl -s "https://localhost:$mock_port/stats" --cacert "$work/ca.pem")
-token_requests=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["token_requests"])' "$stats")
+token_requests=$(( $(token_requests) - tokens_before ))
 per_thousand=$(awk -v t="$token_requests" -v c="$service_calls" 'BEGIN {printf "%.4f", 1000 * t / c}')
+main_idle_rss=$idle_rss
+main_idle_threads=$idle_threads
+
+# --- Inside a 50 millicore CPU quota --------------------------------------------
+# The seed's deployment limits the pod to `cpu: 50m`: the kernel lets it run 5 ms of
+# CPU per 100 ms period and stops it for the rest. The service starts inside the
+# cgroup, so it sizes its runtime to the quota as it would in the pod.
+make_cgroup() { # sets $cgroup; fails without root or a writable cgroup file system
+  local name=ai-service-bench-$$ root
+  if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then # cgroup v2
+    root=/sys/fs/cgroup
+    { grep -qw cpu "$root/cgroup.subtree_control" || echo +cpu > "$root/cgroup.subtree_control"; } &&
+      mkdir "$root/$name" && cgroup=$root/$name &&
+      echo "$QUOTA_US $PERIOD_US" > "$cgroup/cpu.max"
+  else # cgroup v1: the cpu controller's hierarchy
+    root=$(awk '$3 == "cgroup" && $4 ~ /(^|,)cpu(,|$)/ {print $2; exit}' /proc/mounts)
+    [[ -n $root ]] && mkdir "$root/$name" && cgroup=$root/$name &&
+      echo "$PERIOD_US" > "$cgroup/cpu.cfs_period_us" && echo "$QUOTA_US" > "$cgroup/cpu.cfs_quota_us"
+  fi
+}
+quota_note=
+if make_cgroup 2> "$work/cgroup.err"; then
+  kill "$service"; wait "$service" 2>/dev/null || true
+  python3 bench/startup.py "$STARTUP_RUNS" "$port" "$work/startup.log" "$cgroup/cgroup.procs" -- "${service_cmd[@]}" > "$work/quota_startup.txt"
+  quota_startup_median=$(median < "$work/quota_startup.txt")
+  quota_startup_range=$(range < "$work/quota_startup.txt")
+  quota_tokens_before=$(token_requests)
+  # shellcheck disable=SC2016 # $$ and $1 belong to the inner shell
+  sh -c 'echo $$ > "$1" && shift && exec "$@"' sh "$cgroup/cgroup.procs" "${service_cmd[@]}" > "$work/quota.log" 2>&1 &
+  service=$!
+  pids+=("$service")
+  until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health") == 200 ]]; do
+    kill -0 "$service" 2>/dev/null || { cat "$work/quota.log"; exit 1; }
+  done
+  idle_after_token "$quota_tokens_before"
+  quota_idle_rss=$idle_rss
+  quota_idle_threads=$idle_threads
+  curl -s -o /dev/null -X POST -H 'content-type: application/json' -d '{"name":"warm","tags":[]}' "http://127.0.0.1:$port/generate/description"
+  in_quota=1
+  phase 16 $LATENCY_MS
+  phase 64 $LATENCY_MS
+  in_quota=
+else
+  quota_note="No quota rows: this user cannot make a cgroup with a CPU quota ($(head -c 200 "$work/cgroup.err")); run as root to get them."
+  echo "$quota_note" >&2
+fi
 
 {
   echo "## Benchmark ($(date -u +%Y-%m-%d), $(nproc) cores, \`make bench\`)"
   echo
-  echo "The static release binary (as in the image) against a mock Azure OpenAI + Entra token endpoint over HTTPS on loopback (workload identity, one-hour tokens), wrk, ${PHASE_SECONDS} s per phase after a 2 s warm-up at the same concurrency. \"Upstream alone\" is wrk straight at the mock at the same concurrency; \"added\" is the service's latency minus that."
+  echo "The static binary (${BENCH_BIN:-profile $PROFILE}, as in the image) against a mock Azure OpenAI + Entra token endpoint over HTTPS on loopback (workload identity, one-hour tokens), wrk, ${PHASE_SECONDS} s per phase after a 2 s warm-up at the same concurrency. \"Upstream alone\" is wrk straight at the mock at the same concurrency; \"added\" is the service's latency minus that."
   echo
   echo "| concurrency | upstream latency (ms) | requests/s | bound c/latency | of bound | p50 (ms) | p99 (ms) | upstream alone p50 (ms) | upstream alone p99 (ms) | added p50 (ms) | added p99 (ms) | CPU µs/request | RSS under load (MiB) | non-2xx | upstream calls |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -155,13 +247,30 @@ per_thousand=$(awk -v t="$token_requests" -v c="$service_calls" 'BEGIN {printf "
   echo
   echo "| measure | value |"
   echo "|---|---|"
-  echo "| startup to first 200 on /health | ${startup_ms} ms |"
-  echo "| idle RSS | $(mib "$idle_rss") MiB |"
+  echo "| startup to first 200 on /health, median of $STARTUP_RUNS (range) | ${startup_median} ms (${startup_range}) |"
+  echo "| idle RSS, 2 s after the first token | $(mib "$main_idle_rss") MiB ($main_idle_threads threads) |"
   echo "| RSS under load (max sampled) | $(mib "$max_load_rss") MiB |"
   echo "| peak RSS (VmHWM) | $(mib "$peak_rss") MiB |"
   echo "| image flood, 32 clients for ${PHASE_SECONDS} s, 1 s upstream, ~2.8 MB answers | $(( image_requests - image_shed )) answered 200, $image_shed shed with 503; RSS peak $(mib "$image_rss") MiB |"
   echo "| token requests / service requests to the upstream | $token_requests / $service_calls |"
   echo "| token requests per 1,000 requests | $per_thousand |"
-  echo "| static release binary size | $(( $(stat -c %s "$bin") / 1024 )) KiB |"
+  echo "| static binary size (${BENCH_BIN:-profile $PROFILE}) | $(( $(stat -c %s "$bin") / 1024 )) KiB |"
+  echo
+  echo "### Inside a 50 millicore CPU quota"
+  echo
+  if [[ -n $quota_note ]]; then
+    echo "$quota_note"
+  else
+    echo "The same binary started inside a cgroup limited to ${QUOTA_US} µs of CPU per ${PERIOD_US} µs (Kubernetes \`limits: cpu: 50m\`). A request that needs more CPU than the quota has left waits for the next period, so reaching the bound c/latency at concurrency 64 needs under $(( QUOTA_US * LATENCY_MS * 1000 / (PERIOD_US * 64) )) µs of CPU per request. \"Throttled periods\" is the share of periods in which the service ran out of quota."
+    echo
+    echo "| concurrency | upstream latency (ms) | requests/s | bound c/latency | of bound | p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) | CPU µs/request | throttled periods | non-2xx |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    printf '%s\n' "${quota_rows[@]}"
+    echo
+    echo "| measure | value |"
+    echo "|---|---|"
+    echo "| startup to first 200 on /health, median of $STARTUP_RUNS (range) | ${quota_startup_median} ms (${quota_startup_range}) |"
+    echo "| idle RSS, 2 s after the first token | $(mib "$quota_idle_rss") MiB ($quota_idle_threads threads) |"
+  fi
 } > "$RESULTS/bench.md"
 cat "$RESULTS/bench.md"
