@@ -96,7 +96,7 @@ done
 {
   echo "## Failover ($(date -u +%Y-%m-%d), $(nproc) cores, \`make bench\` / \`bench/failover.sh\`)"
   echo
-  echo "Release build, key mode, mock Azure OpenAI over HTTPS on loopback with ${LATENCY_MS} ms per answer; wrk ${PHASE_SECONDS} s per row after a 2 s warm-up. *Direct*: one deployment. *Failover*: the primary answers every request 429 at once (retry-after-ms 0), so every request is refused by it and answered by the second deployment."
+  echo "The service binary (under make bench, the one the bench built), key mode, mock Azure OpenAI over HTTPS on loopback with ${LATENCY_MS} ms per answer; wrk ${PHASE_SECONDS} s per row after a 2 s warm-up. *Direct*: one deployment. *Failover*: the primary answers every request 429 at once (retry-after-ms 0), so every request is refused by it and answered by the second deployment."
   echo
   echo "| concurrency | direct req/s | failover req/s | failover of bound (c/latency) | direct p50 (ms) | failover p50 (ms) | added p50 (ms) | direct p99 (ms) | failover p99 (ms) | added p99 (ms) | non-2xx | 429s from the primary / answers from the second |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|"

@@ -274,3 +274,6 @@ fi
   fi
 } > "$RESULTS/bench.md"
 cat "$RESULTS/bench.md"
+
+# Model routing: the cost of failing over from a deployment that answers 429 to everything.
+AI_SERVICE_BIN="$bin" MOCK_BIN="$mock" bash bench/failover.sh
