@@ -39,7 +39,10 @@ fi
 # (getrandom) only, without also timing CPU jitter for ~40 ms of CPU at the first TLS
 # handshake, which inside a 50 millicore quota is 8 periods, most of a second.
 target_dir=${CARGO_TARGET_DIR:-target}
-RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"' AWS_LC_SYS_NO_JITTER_ENTROPY=1 \
+# The static flags from their one definition, scripts/static-build.sh (which builds `release`).
+static_rustflags=$(bash scripts/static-build.sh --print | sed -n 's/^RUSTFLAGS=//p')
+eval "static_rustflags=$static_rustflags"
+RUSTFLAGS=$static_rustflags AWS_LC_SYS_NO_JITTER_ENTROPY=1 \
   cargo build --locked --profile "$PROFILE" --target x86_64-unknown-linux-gnu --bin ai-service
 cargo build --locked --release --example mock_upstream
 bin=$target_dir/x86_64-unknown-linux-gnu/$PROFILE/ai-service
