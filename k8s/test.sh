@@ -19,17 +19,8 @@ PYTHON=${PYTHON:-python3}
 # target and the newest schema kubernetes-validate 1.37 ships.
 K8S_VERSIONS=${K8S_VERSIONS:-"1.32.0 1.37.0"}
 
-PASSED=0
-FAILED=0
-pass() {
-  PASSED=$((PASSED + 1))
-  printf 'ok - %s\n' "$1"
-}
-fail() {
-  FAILED=$((FAILED + 1))
-  printf 'not ok - %s\n' "$1"
-  if [[ -n ${2:-} ]]; then printf '%s\n' "$2" | sed 's/^/    /'; fi
-}
+# shellcheck source=scripts/tap.sh
+source "$ROOT/scripts/tap.sh"
 # check NAME COMMAND...: one check; the command's output shows only on failure.
 check() {
   local name=$1 out
@@ -145,7 +136,7 @@ test_lint() {
     if [[ -f $f ]]; then scripts+=("$f"); fi
   done
   for f in "${scripts[@]}"; do
-    check "shellcheck $f" shellcheck "$f"
+    check "shellcheck $f" shellcheck -x "$f"
   done
   check "hadolint Dockerfile" hadolint Dockerfile
   local workflows=()

@@ -14,17 +14,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-PASSED=0
-FAILED=0
-pass() {
-  PASSED=$((PASSED + 1))
-  printf 'ok - %s\n' "$1"
-}
-fail() {
-  FAILED=$((FAILED + 1))
-  printf 'not ok - %s\n' "$1"
-  if [[ -n ${2:-} ]]; then printf '%s\n' "$2" | sed 's/^/    /'; fi
-}
+# shellcheck source=scripts/tap.sh
+source "$ROOT/scripts/tap.sh"
 # expect NAME ACTUAL EXPECTED
 expect() {
   if [[ $2 == "$3" ]]; then pass "$1"; else fail "$1" "expected: $3"$'\n'"got:      $2"; fi

@@ -34,17 +34,8 @@ UID_GID=65532:65532
 # as the kubelet's /etc/hosts would map a name in a pod.
 AOAI_HOST=aoai-static-test.openai.azure.com
 
-PASSED=0
-FAILED=0
-pass() {
-  PASSED=$((PASSED + 1))
-  printf 'ok - %s\n' "$1"
-}
-fail() {
-  FAILED=$((FAILED + 1))
-  printf 'not ok - %s\n' "$1"
-  if [[ -n ${2:-} ]]; then printf '%s\n' "$2" | sed 's/^/    /'; fi
-}
+# shellcheck source=scripts/tap.sh
+source "$ROOT/scripts/tap.sh"
 summary() {
   printf '%d passed, %d failed\n' "$PASSED" "$FAILED"
   [[ $FAILED == 0 ]]
