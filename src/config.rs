@@ -149,11 +149,17 @@ pub struct DeploymentSettings {
 impl DeploymentSettings {
     /// `host:port` of the endpoint, for metric labels and logs.
     pub fn endpoint_label(&self) -> String {
-        let host = self.endpoint.host_str().unwrap_or("unknown");
-        match self.endpoint.port_or_known_default() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_owned(),
-        }
+        endpoint_label(&self.endpoint)
+    }
+}
+
+/// `host:port` of an endpoint (the port known from the scheme when not written), for metric
+/// labels and logs.
+pub fn endpoint_label(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("unknown");
+    match url.port_or_known_default() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
     }
 }
 

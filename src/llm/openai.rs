@@ -52,21 +52,12 @@ pub fn join(base: &Url, path: &str) -> Url {
     url
 }
 
-/// `host:port` of a URL, for labels.
-fn endpoint_label(url: &Url) -> String {
-    format!(
-        "{}:{}",
-        url.host_str().unwrap_or("unknown"),
-        url.port_or_known_default().unwrap_or(0)
-    )
-}
-
 impl OpenAiCompatible {
     /// The pool member for the chat endpoint under `base`.
     pub fn target(base: &Url, model: Option<&str>, auth: Auth) -> Target {
         Target {
             name: model.unwrap_or("local").to_owned(),
-            endpoint: endpoint_label(base),
+            endpoint: crate::config::endpoint_label(base),
             url: join(base, "chat/completions"),
             model: model.map(str::to_owned),
             auth,
