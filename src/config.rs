@@ -75,8 +75,46 @@ pub struct Settings {
     pub temperature: f64,
     /// Deadlines, retries and limits.
     pub limits: Limits,
+    /// OpenTelemetry export (the standard `OTEL_*` variables).
+    pub telemetry: TelemetrySettings,
     /// Warnings found while parsing, logged once telemetry is up.
     pub warnings: Vec<String>,
+}
+
+/// OpenTelemetry trace export. Only the variables this service acts on itself are here;
+/// the SDK reads the rest (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`,
+/// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER[_ARG]`, `OTEL_BSP_*`).
+#[derive(Debug, Clone, Default)]
+pub struct TelemetrySettings {
+    /// Where spans are sent: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as given, else
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/traces`; `None` (no endpoint, or
+    /// `OTEL_SDK_DISABLED=true`): no exporter, no spans built.
+    pub traces_endpoint: Option<Url>,
+    /// How long one export may take (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` /
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, milliseconds; default 10 s).
+    pub export_timeout: Duration,
+    /// `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`: prompts and completions go
+    /// on the spans.
+    pub capture_content: bool,
+}
+
+impl TelemetrySettings {
+    /// The endpoint as the startup log shows it: no credentials, no query.
+    pub fn summary(&self) -> String {
+        match &self.traces_endpoint {
+            Some(url) => {
+                let mut shown = url.clone();
+                let _ = shown.set_username("");
+                let _ = shown.set_password(None);
+                shown.set_query(None);
+                format!(
+                    "traces=otlp-http:{shown} capture_message_content={}",
+                    self.capture_content
+                )
+            }
+            None => "traces=off".to_owned(),
+        }
+    }
 }
 
 /// The model behind `/generate/description`.
@@ -355,6 +393,14 @@ struct RawEnv {
     max_concurrent_descriptions: Option<String>,
     max_concurrent_images: Option<String>,
     shutdown_grace_seconds: Option<String>,
+    otel_sdk_disabled: Option<String>,
+    otel_exporter_otlp_endpoint: Option<String>,
+    otel_exporter_otlp_traces_endpoint: Option<String>,
+    otel_exporter_otlp_protocol: Option<String>,
+    otel_exporter_otlp_traces_protocol: Option<String>,
+    otel_exporter_otlp_timeout: Option<String>,
+    otel_exporter_otlp_traces_timeout: Option<String>,
+    otel_instrumentation_genai_capture_message_content: Option<String>,
 }
 
 /// One `[[chat]]` or `[[image]]` entry as written; checked in [`pool_entries`].
@@ -422,6 +468,7 @@ impl Settings {
         let routing = routing(&raw.routing)?;
         let temperature = temperature(raw.temperature.as_deref(), &mut warnings);
         let limits = limits(&raw)?;
+        let telemetry = telemetry(&raw)?;
         if raw.ai_endpoint.is_some() || raw.model_name.is_some() {
             warnings.push(
                 "AI_ENDPOINT and MODEL_NAME are no longer supported and are ignored: \
@@ -448,6 +495,7 @@ impl Settings {
             routing,
             temperature,
             limits,
+            telemetry,
             warnings,
         })
     }
@@ -530,6 +578,7 @@ impl Settings {
                 r.default_cooldown.as_secs()
             ));
         }
+        parts.push(self.telemetry.summary());
         parts.push(format!("temperature={}", self.temperature));
         parts.push(format!(
             "description_timeout={}s image_timeout={}s max_retries={} max_body_bytes={}",
@@ -716,6 +765,61 @@ fn listen_address(value: &str) -> Result<IpAddr, ConfigError> {
             "HOST must be an IP address to listen on (e.g. 127.0.0.1, ::1, 0.0.0.0 or ::), not `{value}`; \
              leave it unset to listen on every IPv6 and IPv4 address"
         ))
+    })
+}
+
+/// The trace export settings; a malformed endpoint, protocol or timeout stops startup
+/// naming its variable, as any other setting does.
+fn telemetry(raw: &RawEnv) -> Result<TelemetrySettings, ConfigError> {
+    let (name, protocol) = match (
+        &raw.otel_exporter_otlp_traces_protocol,
+        &raw.otel_exporter_otlp_protocol,
+    ) {
+        (Some(p), _) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(p)),
+        (None, p) => ("OTEL_EXPORTER_OTLP_PROTOCOL", p.as_ref()),
+    };
+    if let Some(other) = protocol.filter(|p| p.as_str() != "http/protobuf") {
+        return Err(ConfigError::new(format!(
+            "{name} is `{other}`; this service exports traces over OTLP/HTTP with protobuf only: \
+             set it to `http/protobuf` or leave it unset (a collector's port 4318)"
+        )));
+    }
+    let endpoint = |name: &str, value: &str, path: &str| {
+        let url = Url::parse(value)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| {
+                ConfigError::new(format!(
+                    "{name} must be an http:// or https:// URL (an OTLP/HTTP collector, e.g. http://otel-collector:4318), not `{value}`"
+                ))
+            })?;
+        if path.is_empty() {
+            return Ok(url);
+        }
+        // The base URL's path is kept: `/v1/traces` is appended to it, per the specification.
+        let mut url = url;
+        let joined = format!("{}/{path}", url.path().trim_end_matches('/'));
+        url.set_path(&joined);
+        Ok(url)
+    };
+    let disabled = is_true(raw.otel_sdk_disabled.as_deref());
+    let traces_endpoint = match (
+        &raw.otel_exporter_otlp_traces_endpoint,
+        &raw.otel_exporter_otlp_endpoint,
+    ) {
+        _ if disabled => None,
+        (Some(full), _) => Some(endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", full, "")?),
+        (None, Some(base)) => Some(endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", base, "v1/traces")?),
+        (None, None) => None,
+    };
+    let timeout = match (&raw.otel_exporter_otlp_traces_timeout, &raw.otel_exporter_otlp_timeout) {
+        (Some(ms), _) => parse_number::<u64>(Some(ms), "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")?,
+        (None, ms) => parse_number::<u64>(ms.as_deref(), "OTEL_EXPORTER_OTLP_TIMEOUT")?,
+    };
+    Ok(TelemetrySettings {
+        traces_endpoint,
+        export_timeout: Duration::from_millis(timeout.unwrap_or(10_000).max(1)),
+        capture_content: is_true(raw.otel_instrumentation_genai_capture_message_content.as_deref()),
     })
 }
 
@@ -1032,6 +1136,86 @@ mod tests {
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         Settings::from_source(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn the_traces_endpoint_comes_from_the_standard_variables_and_is_off_without_one() {
+        assert!(settings(&[]).unwrap().telemetry.traces_endpoint.is_none());
+        let base = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4318")]).unwrap();
+        assert_eq!(
+            base.telemetry.traces_endpoint.unwrap().as_str(),
+            "http://otel-collector:4318/v1/traces"
+        );
+        // A base with a path keeps it; the signal's own variable is taken as it is, and wins.
+        let prefixed = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://ingest.example.com/otlp/")]).unwrap();
+        assert_eq!(
+            prefixed.telemetry.traces_endpoint.unwrap().as_str(),
+            "https://ingest.example.com/otlp/v1/traces"
+        );
+        let full = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:4318/custom"),
+        ])
+        .unwrap();
+        assert_eq!(
+            full.telemetry.traces_endpoint.unwrap().as_str(),
+            "http://collector:4318/custom"
+        );
+        let disabled = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ])
+        .unwrap();
+        assert!(disabled.telemetry.traces_endpoint.is_none());
+        assert!(disabled.summary().contains("traces=off"));
+    }
+
+    #[test]
+    fn a_bad_traces_setting_stops_startup_naming_its_variable() {
+        for (vars, named) in [
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "otel-collector:4318")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "grpc://collector:4317")],
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")],
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")],
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ),
+        ] {
+            let err = settings(&vars).unwrap_err().to_string();
+            assert!(err.contains(named), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_startup_line_shows_the_collector_without_credentials() {
+        let s = settings(&[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://user:secret-pass@ingest.example.com?key=secret-key",
+            ),
+            ("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true"),
+        ])
+        .unwrap();
+        let line = s.summary();
+        assert!(
+            line.contains("traces=otlp-http:https://ingest.example.com/v1/traces"),
+            "{line}"
+        );
+        assert!(line.contains("capture_message_content=true"), "{line}");
+        assert!(!line.contains("secret"), "{line}");
     }
 
     #[test]

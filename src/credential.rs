@@ -741,13 +741,32 @@ impl SharedTokenCache {
         let mut failures = Vec::new();
         for index in order {
             let source = &self.sources[index];
-            let attempt = tokio::time::timeout(
-                source.kind.timeout(),
-                source
-                    .credential
-                    .get_token(&[&self.scope], Some(TokenRequestOptions::default())),
+            // A fetch that reaches Entra (or the CLI) is a span of its own; a cached token is not.
+            let span = tracing::debug_span!(
+                "acquire token",
+                otel.name = %format_args!("acquire_token {}", source.kind.name()),
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                azure.credential = source.kind.name(),
+                error.type = tracing::field::Empty,
+            );
+            let attempt = tracing::Instrument::instrument(
+                tokio::time::timeout(
+                    source.kind.timeout(),
+                    source
+                        .credential
+                        .get_token(&[&self.scope], Some(TokenRequestOptions::default())),
+                ),
+                span.clone(),
             )
             .await;
+            match &attempt {
+                Ok(Ok(_)) => span.record("otel.status_code", "OK"),
+                Ok(Err(_)) => span
+                    .record("error.type", "token_refused")
+                    .record("otel.status_code", "ERROR"),
+                Err(_) => span.record("error.type", "timeout").record("otel.status_code", "ERROR"),
+            };
             let message = match attempt {
                 Ok(Ok(AccessToken { token, expires_on, .. })) => {
                     self.sticky.store(index, Ordering::Relaxed);

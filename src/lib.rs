@@ -36,7 +36,7 @@ use tower_http::{
     LatencyUnit,
     cors::CorsLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    trace::{DefaultOnResponse, TraceLayer},
+    trace::{DefaultOnResponse, OnResponse, TraceLayer},
 };
 use tracing::Level;
 
@@ -56,11 +56,13 @@ pub fn app(state: AppState) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(telemetry::make_span)
-                .on_response(
+                .on_response(|response: &Response, latency: Duration, span: &tracing::Span| {
+                    telemetry::record_response(response, span);
                     DefaultOnResponse::new()
                         .level(Level::INFO)
-                        .latency_unit(LatencyUnit::Millis),
-                ),
+                        .latency_unit(LatencyUnit::Millis)
+                        .on_response(response, latency, span);
+                }),
         )
         .layer(CorsLayer::permissive())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

@@ -64,7 +64,10 @@ fn exit(ok: bool) -> ExitCode {
 
 async fn run() -> ExitCode {
     let settings = Settings::from_env();
-    telemetry::init(settings.as_ref().map(|s| s.log_format).unwrap_or_default());
+    let telemetry = telemetry::init(
+        settings.as_ref().map(|s| s.log_format).unwrap_or_default(),
+        settings.as_ref().ok().map(|s| &s.telemetry),
+    );
     let settings = match settings {
         Ok(settings) => settings,
         Err(err) => {
@@ -118,7 +121,9 @@ async fn run() -> ExitCode {
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "listening");
     }
-    match serve(listener, app(state), shutdown_signal(), grace).await {
+    let served = serve(listener, app(state), shutdown_signal(), grace).await;
+    telemetry.shutdown().await;
+    match served {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

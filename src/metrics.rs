@@ -1,7 +1,13 @@
 //! Prometheus metrics, served as text on `GET /metrics`.
 //!
 //! Label values come from a fixed set (matched routes, backend names, status
-//! codes), so the number of series stays bounded whatever callers send.
+//! codes, configured deployments and the models they answer with), so the number
+//! of series stays bounded whatever callers send.
+//!
+//! The GenAI figures carry the names the OpenTelemetry GenAI semantic conventions
+//! give them once translated to Prometheus (`gen_ai_client_token_usage`,
+//! `gen_ai_client_operation_duration_seconds`), so dashboards written for those
+//! conventions read them as they are; everything else is `ai_service_*`.
 
 use std::sync::Arc;
 
@@ -68,6 +74,46 @@ pub enum DeploymentState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitLabels {
+    deployment: String,
+    kind: &'static str,
+}
+
+/// The labels of one GenAI call, as the conventions name them; `error_type` only on failures,
+/// hence a list rather than a struct.
+type GenAiLabels = Vec<(&'static str, String)>;
+
+/// One upstream model call, as the GenAI metrics see it.
+#[derive(Debug, Clone, Copy)]
+pub struct GenAiCall<'a> {
+    /// `chat` or `generate_content`.
+    pub operation: &'static str,
+    /// `azure.ai.openai`, `openai`, or the local server's name.
+    pub provider: &'a str,
+    /// The deployment or model asked for.
+    pub request_model: &'a str,
+    /// The answer's `model`; empty when there was no usable answer.
+    pub response_model: &'a str,
+    /// Why the call failed (`429`, `timeout`, ...), `None` when it succeeded.
+    pub error_type: Option<&'a str>,
+}
+
+impl GenAiCall<'_> {
+    fn labels(&self) -> GenAiLabels {
+        let mut labels = vec![
+            ("gen_ai_operation_name", self.operation.to_owned()),
+            ("gen_ai_provider_name", self.provider.to_owned()),
+            ("gen_ai_request_model", self.request_model.to_owned()),
+            ("gen_ai_response_model", self.response_model.to_owned()),
+        ];
+        if let Some(error) = self.error_type {
+            labels.push(("error_type", error.to_owned()));
+        }
+        labels
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
     backend: String,
@@ -83,6 +129,9 @@ struct Inner {
     in_flight: Gauge,
     deployment_state: Family<DeploymentLabels, Gauge>,
     failovers: Family<CapabilityLabels, Counter>,
+    token_usage: Family<GenAiLabels, Histogram>,
+    operation_duration: Family<GenAiLabels, Histogram>,
+    ratelimit_remaining: Family<RateLimitLabels, Gauge>,
 }
 
 /// The service's metrics; cheap to clone.
@@ -104,7 +153,32 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with every metric, labelled with the build version and backend.
     pub fn new(version: &str, backend: &str) -> Self {
-        let mut registry = Registry::with_prefix("ai_service");
+        let mut root = Registry::default();
+        // The conventions' bucket boundaries: powers of 4 up to 64 Mi tokens, and
+        // 10 ms doubling up to about 82 s.
+        let token_usage = Family::<GenAiLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(1.0, 4.0, 14))
+        });
+        root.register(
+            "gen_ai_client_token_usage",
+            "Tokens per upstream call, as the answer's usage reported them, by input and output",
+            token_usage.clone(),
+        );
+        let operation_duration = Family::<GenAiLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 14))
+        });
+        root.register(
+            "gen_ai_client_operation_duration_seconds",
+            "Duration of each upstream model call (one attempt), with error_type on failures",
+            operation_duration.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("ai_service");
+        let ratelimit_remaining = Family::<RateLimitLabels, Gauge>::default();
+        registry.register(
+            "upstream_ratelimit_remaining",
+            "The latest x-ratelimit-remaining-requests / -tokens header of each deployment",
+            ratelimit_remaining.clone(),
+        );
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -165,7 +239,7 @@ impl Metrics {
             .set(1);
         registry.register("build_info", "Build version and active backend", build);
         Self(Arc::new(Inner {
-            registry,
+            registry: root,
             http_requests,
             http_duration,
             upstream_requests,
@@ -174,7 +248,36 @@ impl Metrics {
             in_flight,
             deployment_state,
             failovers,
+            token_usage,
+            operation_duration,
+            ratelimit_remaining,
         }))
+    }
+
+    /// Records one upstream model call: its duration, and the tokens it used when the
+    /// answer said (`usage`), each as the upstream reported it.
+    pub fn gen_ai_call(&self, call: &GenAiCall<'_>, seconds: f64, tokens: Option<(u64, u64)>) {
+        let labels = call.labels();
+        self.0.operation_duration.get_or_create(&labels).observe(seconds);
+        if let Some((input, output)) = tokens {
+            let mut labels = labels;
+            for (kind, count) in [("input", input), ("output", output)] {
+                labels.push(("gen_ai_token_type", kind.to_owned()));
+                self.0.token_usage.get_or_create(&labels).observe(count as f64);
+                labels.pop();
+            }
+        }
+    }
+
+    /// Sets the quota headroom a deployment's answer reported (`kind`: `requests` or `tokens`).
+    pub fn ratelimit_remaining(&self, deployment: &str, kind: &'static str, remaining: i64) {
+        self.0
+            .ratelimit_remaining
+            .get_or_create(&RateLimitLabels {
+                deployment: deployment.to_owned(),
+                kind,
+            })
+            .set(remaining);
     }
 
     /// Counts one answered HTTP request.

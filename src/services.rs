@@ -130,9 +130,17 @@ pub fn build_services(settings: &Settings, deps: Dependencies) -> Result<Service
     let metrics = Metrics::new(&settings.app_version, settings.backend.name());
     let transport = UpstreamClient::new(http_client(&settings.limits, &deps, None)?, metrics.clone());
     let limits = &settings.limits;
+    let provider = match &settings.backend {
+        Backend::Azure(_) | Backend::Offline => "azure.ai.openai".to_owned(),
+        Backend::OpenAi { .. } => "openai".to_owned(),
+        // A server in the cluster is known by its service's name.
+        Backend::Local { endpoint, .. } => endpoint.host_str().unwrap_or("local").to_owned(),
+    };
     let options = |capability: Capability, backend: &'static str| PoolOptions {
         capability,
         backend,
+        provider: provider.clone(),
+        capture_content: settings.telemetry.capture_content,
         routing: settings.routing.clone(),
         max_retries: limits.max_retries,
         attempt_timeout: match capability {

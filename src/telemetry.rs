@@ -1,12 +1,46 @@
-//! Logging: one `init`, text or JSON lines, and the span every request runs in.
+//! Logging and tracing: one `init`, text or JSON log lines, OpenTelemetry spans over
+//! OTLP/HTTP when an endpoint is configured, and the span every request runs in.
+//!
+//! With no endpoint there is no OpenTelemetry layer at all: the GenAI and token spans
+//! (DEBUG level) are disabled at their callsites, no `traceparent` is read or written,
+//! and the request span is the plain one the logs always had.
 
-use std::io::IsTerminal;
+use std::{
+    io::IsTerminal,
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
-use axum::{extract::MatchedPath, http::Request};
-use tracing::Span;
-use tracing_subscriber::{EnvFilter, fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt};
+use axum::{
+    extract::MatchedPath,
+    http::{Request, Response},
+};
+use bytes::Bytes;
+use opentelemetry::{
+    KeyValue,
+    propagation::TextMapPropagator,
+    trace::{TraceContextExt, TracerProvider as _},
+};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector, HttpClient, HttpError};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing::{Level, Span, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{FilterFn, filter_fn},
+    fmt::MakeWriter,
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TelemetrySettings};
+
+/// Whether spans are exported: set once by `init`.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// The filter: `RUST_LOG` when set, else `info`.
 fn filter(default: &str) -> EnvFilter {
@@ -20,18 +54,63 @@ fn filter(default: &str) -> EnvFilter {
         )
 }
 
-/// Installs the global subscriber writing to stdout.
-pub fn init(format: LogFormat) {
-    init_with(format, "info", std::io::stdout);
+/// What the exporter's layer sees: this service's spans (the GenAI and token spans are
+/// DEBUG), and events at INFO and above as span events.
+fn export_filter() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool + Clone> {
+    filter_fn(|meta: &tracing::Metadata<'_>| {
+        if meta.is_span() {
+            meta.target().starts_with("ai_service")
+        } else {
+            *meta.level() <= Level::INFO
+        }
+    })
+}
+
+/// The tracer provider, kept to flush the last spans at shutdown.
+#[derive(Debug, Default)]
+#[must_use = "dropping it without `shutdown` may lose the last spans"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still queued (bounded by the export timeout), then stops the exporter.
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            // The export runs on this runtime (`ExportClient`), so the blocking flush must
+            // not hold a runtime thread while it waits.
+            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        }
+    }
+}
+
+/// Installs the global subscriber writing to stdout, with the exporter when `telemetry`
+/// names an endpoint. Call it inside the runtime: the exporter sends on it.
+pub fn init(format: LogFormat, telemetry: Option<&TelemetrySettings>) -> Telemetry {
+    init_with(format, "info", std::io::stdout, telemetry)
 }
 
 /// Installs the global subscriber with a writer; tests capture logs this way.
 /// A second call is a no-op (the first subscriber stays).
-pub fn init_with<W>(format: LogFormat, default_filter: &str, writer: W)
+pub fn init_with<W>(
+    format: LogFormat,
+    default_filter: &str,
+    writer: W,
+    telemetry: Option<&TelemetrySettings>,
+) -> Telemetry
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let registry = tracing_subscriber::registry().with(filter(default_filter));
+    let provider = telemetry.and_then(tracer_provider);
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("ai-service"))
+            .with_threads(false)
+            .with_location(false)
+            .with_tracked_inactivity(false)
+            .with_filter(export_filter())
+    });
+    let registry = tracing_subscriber::registry().with(otel);
     let result = match format {
         // One JSON object per line with `timestamp`, `level` and a top-level `message`:
         // the shape Azure Monitor Container Insights parses.
@@ -42,7 +121,8 @@ where
                     .flatten_event(true)
                     .with_current_span(true)
                     .with_span_list(true)
-                    .with_writer(writer),
+                    .with_writer(writer)
+                    .with_filter(filter(default_filter)),
             )
             .try_init(),
         // Colours only on a terminal: `kubectl logs` and files get plain text.
@@ -50,15 +130,154 @@ where
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(std::io::stdout().is_terminal())
-                    .with_writer(writer),
+                    .with_writer(writer)
+                    .with_filter(filter(default_filter)),
             )
             .try_init(),
     };
     // Already installed (tests start several apps in one process): keep the first.
-    let _ = result;
+    if result.is_err() {
+        return Telemetry::default();
+    }
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
+    Telemetry { provider }
 }
 
-/// The span of one HTTP request: method, matched route and request id.
+/// The provider exporting to `settings.traces_endpoint`, batching as the `OTEL_BSP_*`
+/// variables say; `None` without an endpoint, or when the exporter cannot be built (logged
+/// when the subscriber is up: the caller reports nothing, the service runs without traces).
+fn tracer_provider(settings: &TelemetrySettings) -> Option<SdkTracerProvider> {
+    let endpoint = settings.traces_endpoint.as_ref()?;
+    let client = ExportClient::new(settings.export_timeout)?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(client)
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(endpoint.as_str())
+        .with_timeout(settings.export_timeout)
+        .build()
+        .ok()?;
+    let detected = Resource::builder().build();
+    let named = detected
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
+    let mut resource = Resource::builder();
+    if !named {
+        resource = resource.with_service_name("ai-service");
+    }
+    let resource = resource
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    )
+}
+
+/// Sends the exporter's requests with the service's reqwest on the service's runtime.
+///
+/// The SDK's batch processor exports from its own thread, where an async client finds no
+/// runtime; this client hands each request to the runtime it was built on and waits for the
+/// answer. Failures (collector down, slow, refusing) are counted and logged at most once a
+/// minute, so a dead collector cannot flood the log; the queue in front of it is the SDK's,
+/// bounded by `OTEL_BSP_MAX_QUEUE_SIZE` (spans beyond it are dropped, never waited for).
+#[derive(Debug)]
+struct ExportClient {
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+    warnings: ExportWarnings,
+}
+
+impl ExportClient {
+    fn new(timeout: Duration) -> Option<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .build()
+            .ok()?;
+        Some(Self {
+            client,
+            runtime: tokio::runtime::Handle::try_current().ok()?,
+            warnings: ExportWarnings::default(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpClient for ExportClient {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let client = self.client.clone();
+        let sent = self.runtime.spawn(async move {
+            let request = reqwest::Request::try_from(request)?;
+            let response = client.execute(request).await?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response.bytes().await?;
+            let mut answer = Response::new(body);
+            *answer.status_mut() = status;
+            *answer.headers_mut() = headers;
+            Ok::<_, reqwest::Error>(answer)
+        });
+        let result: Result<Response<Bytes>, HttpError> = match sent.await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(err)) => Err(Box::new(err)),
+            Err(err) => Err(Box::new(err)),
+        };
+        match &result {
+            Ok(answer) if answer.status().is_success() => self.warnings.succeeded(),
+            Ok(answer) => self
+                .warnings
+                .failed(&format!("the collector answered {}", answer.status())),
+            Err(err) => self.warnings.failed(&describe(err.as_ref())),
+        }
+        result
+    }
+}
+
+/// The innermost cause, which says what went wrong (refused, timed out, ...).
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}
+
+/// At most one warning a minute about failed exports, with the count since the last one.
+#[derive(Debug, Default)]
+struct ExportWarnings {
+    last: Mutex<Option<Instant>>,
+    failures: AtomicU64,
+}
+
+impl ExportWarnings {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn failed(&self, cause: &str) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        self.failures.store(0, Ordering::Relaxed);
+        drop(last);
+        tracing::warn!(
+            failed_exports = failures,
+            "could not send spans to the OpenTelemetry collector: {cause}; answers are not \
+             affected, spans are dropped when the queue is full (next warning in a minute at the earliest)"
+        );
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The span of one HTTP request: a SERVER span (`POST /generate/description`) continuing
+/// the caller's `traceparent` when spans are exported, else the plain request span.
 pub fn make_span<B>(request: &Request<B>) -> Span {
     let route = request
         .extensions()
@@ -70,5 +289,79 @@ pub fn make_span<B>(request: &Request<B>) -> Span {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    tracing::info_span!("request", method = %request.method(), route, request_id)
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return tracing::info_span!("request", method = %request.method(), route, request_id);
+    }
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{} {route}", request.method()),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        method = %request.method(),
+        route,
+        request_id,
+        http.request.method = %request.method(),
+        http.route = route,
+        http.response.status_code = Empty,
+        trace_id = Empty,
+        span_id = Empty,
+    );
+    let parent = propagator().extract(&HeaderExtractor(request.headers()));
+    let _ = span.set_parent(parent);
+    // The log lines of this request carry its trace and span ids, to find its trace.
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    if ids.is_valid() {
+        span.record("trace_id", tracing::field::display(ids.trace_id()));
+        span.record("span_id", tracing::field::display(ids.span_id()));
+    }
+    span
+}
+
+/// Records the answer's status on the request span (a 5xx marks it failed).
+pub fn record_response<B>(response: &Response<B>, span: &Span) {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return;
+    }
+    let status = response.status();
+    // i64: tracing-opentelemetry records unsigned integers as strings.
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// Adds the `traceparent` of `span` to an upstream request, so the call continues the trace.
+pub fn propagate(span: &Span, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    if !EXPORTING.load(Ordering::Relaxed) || span.is_disabled() {
+        return request;
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    propagator().inject_context(&span.context(), &mut HeaderInjector(&mut headers));
+    request.headers(headers)
+}
+
+fn propagator() -> &'static TraceContextPropagator {
+    static PROPAGATOR: OnceLock<TraceContextPropagator> = OnceLock::new();
+    PROPAGATOR.get_or_init(TraceContextPropagator::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_failures_warn_once_a_minute_with_the_count() {
+        let warnings = ExportWarnings::default();
+        warnings.failed("connection refused");
+        assert!(warnings.last.lock().unwrap().is_some());
+        for _ in 0..5 {
+            warnings.failed("connection refused");
+        }
+        // The five after the first were counted, not logged.
+        assert_eq!(warnings.failures.load(Ordering::Relaxed), 5);
+        *warnings.last.lock().unwrap() = Some(Instant::now() - ExportWarnings::EVERY);
+        warnings.failed("connection refused");
+        assert_eq!(warnings.failures.load(Ordering::Relaxed), 0);
+    }
 }

@@ -13,7 +13,8 @@ async fn every_log_line_of_a_request_is_json_and_carries_its_request_id() {
     // Arrange
     let captured = Captured::default();
     let writer = captured.clone();
-    ai_service::telemetry::init_with(LogFormat::Json, "info,ai_service=debug", move || writer.clone());
+    let _telemetry =
+        ai_service::telemetry::init_with(LogFormat::Json, "info,ai_service=debug", move || writer.clone(), None);
     let azure = azure_openai_answering("Logged.").await;
     let app = spawn_app(azure_key_vars(&azure)).await;
 

@@ -171,7 +171,7 @@ async fn no_secret_reaches_a_log_line_an_answer_or_debug_output() {
     }
     let logs = Captured::default();
     let writer = logs.clone();
-    ai_service::telemetry::init_with(LogFormat::Text, "trace", move || writer.clone());
+    let _telemetry = ai_service::telemetry::init_with(LogFormat::Text, "trace", move || writer.clone(), None);
     let mut answers = Answers::default();
     let mut debug_output = Vec::new();
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@
 //! [`UpstreamError`] to the caller's response.
 
 pub mod azure;
+pub mod genai;
 pub mod offline;
 pub mod openai;
 pub mod pool;

@@ -30,6 +30,7 @@ use url::Url;
 
 use super::{
     CallContext, UpstreamError, classify_bad_request,
+    genai::{self, CallKind, Ended},
     transport::{Attempt, UpstreamClient, backoff, spread},
 };
 use crate::{config::Routing, credential::TokenProvider, metrics::DeploymentState};
@@ -49,6 +50,14 @@ impl Capability {
         match self {
             Capability::Chat => "chat",
             Capability::Image => "image",
+        }
+    }
+
+    /// The GenAI conventions' `gen_ai.operation.name`: `chat` or `generate_content`.
+    pub fn operation(self) -> &'static str {
+        match self {
+            Capability::Chat => "chat",
+            Capability::Image => "generate_content",
         }
     }
 }
@@ -263,6 +272,7 @@ enum Outcome {
 pub struct Pool {
     capability: Capability,
     backend: &'static str,
+    kind: CallKind,
     members: Vec<Arc<Member>>,
     transport: UpstreamClient,
     routing: Routing,
@@ -277,6 +287,10 @@ pub struct PoolOptions {
     pub capability: Capability,
     /// The backend's name, the `backend` label of the per-attempt metrics.
     pub backend: &'static str,
+    /// `gen_ai.provider.name`: `azure.ai.openai`, `openai`, or the local server's name.
+    pub provider: String,
+    /// Whether prompts and completions go on the spans.
+    pub capture_content: bool,
     /// The rules for failing deployments.
     pub routing: Routing,
     /// `UPSTREAM_MAX_RETRIES`: attempts after the first, across the pool.
@@ -291,6 +305,11 @@ impl Pool {
         let pool = Self {
             capability: options.capability,
             backend: options.backend,
+            kind: CallKind {
+                operation: options.capability.operation(),
+                provider: options.provider,
+                capture_content: options.capture_content,
+            },
             members: targets
                 .into_iter()
                 .map(|target| {
@@ -324,13 +343,30 @@ impl Pool {
         self.transport.client()
     }
 
-    /// POSTs `body` to the pool under the routing rules and returns the first 2xx body.
+    /// POSTs `body` to the pool under the routing rules and returns the first 2xx body; each
+    /// attempt is a GenAI call (span and metrics).
     pub async fn post(&self, body: &serde_json::Value, ctx: &CallContext) -> Result<Vec<u8>, UpstreamError> {
-        self.send(ctx, |target, client| target.post(client, body)).await
+        self.route(ctx, Some(body), |target, client| target.post(client, body))
+            .await
     }
 
-    /// Sends the request `build` makes for a target, under the routing rules.
+    /// Sends the request `build` makes for a target, under the routing rules: for calls that
+    /// are not model calls (a local server's model list).
     pub async fn send<'a, F, Fut>(&'a self, ctx: &CallContext, build: F) -> Result<Vec<u8>, UpstreamError>
+    where
+        F: Fn(&'a Target, &'a reqwest::Client) -> Fut,
+        Fut: Future<Output = Result<RequestBuilder, UpstreamError>>,
+    {
+        self.route(ctx, None, build).await
+    }
+
+    /// The routing loop; `model_call` is the body of a GenAI call, `None` for anything else.
+    async fn route<'a, F, Fut>(
+        &'a self,
+        ctx: &CallContext,
+        model_call: Option<&serde_json::Value>,
+        build: F,
+    ) -> Result<Vec<u8>, UpstreamError>
     where
         F: Fn(&'a Target, &'a reqwest::Client) -> Fut,
         Fut: Future<Output = Result<RequestBuilder, UpstreamError>>,
@@ -400,7 +436,7 @@ impl Pool {
             attempts += 1;
             tried[index] = true;
             previous = Some(index);
-            let outcome = self.attempt(member, attempts, ctx, &build).await;
+            let outcome = self.attempt(member, attempts, ctx, model_call, &build).await;
             guard.settle();
             match outcome {
                 Outcome::Success(body) => {
@@ -511,7 +547,14 @@ impl Pool {
     }
 
     /// One attempt on `member`, within the attempt timeout and the request's deadline.
-    async fn attempt<'a, F, Fut>(&'a self, member: &'a Member, number: u32, ctx: &CallContext, build: &F) -> Outcome
+    async fn attempt<'a, F, Fut>(
+        &'a self,
+        member: &'a Member,
+        number: u32,
+        ctx: &CallContext,
+        model_call: Option<&serde_json::Value>,
+        build: &F,
+    ) -> Outcome
     where
         F: Fn(&'a Target, &'a reqwest::Client) -> Fut,
         Fut: Future<Output = Result<RequestBuilder, UpstreamError>>,
@@ -519,15 +562,53 @@ impl Pool {
         let target = &member.target;
         let started = Instant::now();
         let attempt_deadline = (started + self.attempt_timeout).min(ctx.deadline);
+        // The model asked for: the body's `model` where the API takes one (OpenAI, a local
+        // server, Azure's v1 API), else the deployment.
+        let request_model = model_call
+            .and_then(|body| body.get("model"))
+            .and_then(serde_json::Value::as_str)
+            .or(target.model.as_deref())
+            .unwrap_or(&target.name);
+        let span = match model_call {
+            Some(_) => genai::attempt_span(&self.kind, request_model, &target.url),
+            None => tracing::Span::none(),
+        };
         let send = async {
             // The token is taken here, for this attempt: a long wait before cannot make it stale.
             let mut request = build(target, self.transport.client()).await?;
             if let Some(id) = &ctx.request_id {
                 request = request.header("x-request-id", id);
             }
+            request = crate::telemetry::propagate(&span, request);
             Ok::<_, UpstreamError>(self.transport.attempt(self.backend, request).await)
         };
-        let attempt = tokio::time::timeout_at(attempt_deadline, send).await;
+        let attempt =
+            tokio::time::timeout_at(attempt_deadline, tracing::Instrument::instrument(send, span.clone())).await;
+        if model_call.is_some() {
+            let ended = match &attempt {
+                Ok(Ok(Attempt::Answered {
+                    status, body, headroom, ..
+                })) => Ended::Answered {
+                    status: status.as_u16(),
+                    body,
+                    headroom: *headroom,
+                },
+                Ok(Ok(Attempt::Broken(_))) => Ended::Failed("connect_error"),
+                Ok(Ok(Attempt::Refused(label, _))) => Ended::Failed(label),
+                Ok(Err(UpstreamError::Credential(_))) => Ended::Failed("credential"),
+                Ok(Err(_)) => Ended::Failed("request_error"),
+                Err(_) => Ended::Failed("timeout"),
+            };
+            genai::record(
+                self.transport.metrics(),
+                &span,
+                &self.kind,
+                request_model,
+                model_call,
+                started.elapsed().as_secs_f64(),
+                ended,
+            );
+        }
         let answered = match &attempt {
             Ok(Ok(Attempt::Answered { status, .. })) => Some(status.as_u16()),
             _ => None,
@@ -542,6 +623,7 @@ impl Pool {
                 status,
                 body,
                 retry_after,
+                ..
             })) => self.judge(target, status, body, retry_after),
         };
         tracing::debug!(

@@ -55,6 +55,31 @@ impl CallContext {
     }
 }
 
+/// `x-ratelimit-remaining-requests` and `x-ratelimit-remaining-tokens` of one answer
+/// (Azure OpenAI and OpenAI send both; a local server usually neither).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Headroom {
+    /// Requests left in the current window.
+    pub requests: Option<i64>,
+    /// Tokens left in the current window.
+    pub tokens: Option<i64>,
+}
+
+impl Headroom {
+    fn from_headers(headers: &HeaderMap) -> Self {
+        let number = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        };
+        Self {
+            requests: number("x-ratelimit-remaining-requests"),
+            tokens: number("x-ratelimit-remaining-tokens"),
+        }
+    }
+}
+
 /// The one HTTP client of all model calls, and their per-attempt metrics. (Not azure_core's
 /// `Transport`, which carries the Entra credential's requests.)
 #[derive(Debug, Clone)]
@@ -74,6 +99,8 @@ pub enum Attempt {
         body: Vec<u8>,
         /// `retry-after-ms` / `retry-after`, when the answer had one.
         retry_after: Option<Duration>,
+        /// The quota headroom the answer reported.
+        headroom: Headroom,
     },
     /// The connection failed or broke: another deployment (or a later try) may work.
     Broken(UpstreamError),
@@ -120,6 +147,7 @@ impl UpstreamClient {
         };
         let status = response.status();
         let retry_after = retry_after(response.headers());
+        let headroom = Headroom::from_headers(response.headers());
         let too_large = || {
             Attempt::Refused(
                 "too_large",
@@ -151,12 +179,13 @@ impl UpstreamClient {
             status,
             body,
             retry_after,
+            headroom,
         }
     }
 }
 
 /// A bounded set of metric labels: the statuses the pool acts on by name, the rest by class.
-fn status_label(status: StatusCode) -> &'static str {
+pub fn status_label(status: StatusCode) -> &'static str {
     match status.as_u16() {
         200 => "200",
         400 => "400",

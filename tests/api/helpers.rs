@@ -363,7 +363,8 @@ pub fn test_dependencies() -> Dependencies {
 /// Initialises logging once; set TEST_LOG=1 to see the app's logs.
 pub fn init_test_logging() {
     if std::env::var_os("TEST_LOG").is_some() {
-        ai_service::telemetry::init_with(ai_service::config::LogFormat::Text, "debug", std::io::stdout);
+        let _telemetry =
+            ai_service::telemetry::init_with(ai_service::config::LogFormat::Text, "debug", std::io::stdout, None);
     }
 }
 

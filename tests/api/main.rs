@@ -21,3 +21,4 @@ mod resilience;
 mod routing;
 mod shutdown;
 mod startup;
+mod telemetry;
