@@ -542,3 +542,59 @@ async fn a_hanging_collector_changes_no_answer_and_warns_once() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_dashboard_and_the_alerts_query_only_metrics_the_service_exports() {
+    // Arrange: traffic that makes every family appear (a family shows once it has a series):
+    // Entra through the CLI, a throttled primary, a failover to a second deployment.
+    let primary = MockServer::start(|_, _| {
+        headroom(
+            MockResponse::json(429, json!({"error": {"code": "429", "message": "Rate limit"}})),
+            "0",
+            "0",
+        )
+        .header("retry-after-ms", "60000")
+    })
+    .await;
+    let secondary = MockServer::start(|_, _| MockResponse::json(200, answer("Routed.", 5, 7))).await;
+    let file = config_file(&format!(
+        "[[chat]]\nendpoint = \"{}\"\ndeployment = \"gpt-5-mini-2\"\n",
+        secondary.url
+    ));
+    let az = FakeAz::logged_in("token-from-fake-az");
+    let mut deps = test_dependencies();
+    deps.executor = Some(az.executor());
+    let mut env = azure_entra_vars(&primary, &[]);
+    env.extend(vars(&[("AI_SERVICE_CONFIG", file.path.as_str())]));
+    let app = spawn_app_with(env, deps).await;
+    let response = app.post_description(&json!({"name": "Ball", "tags": []})).await;
+    assert_eq!(response.status(), 200);
+    let text = app.get("/metrics").await.text().await.unwrap();
+    // The families `/metrics` declares (`# TYPE name kind`).
+    let declared: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s/extras/monitoring");
+    for file in ["dashboard.json", "alerts.yaml"] {
+        let content = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut used: Vec<&str> = content
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("ai_service_") || word.starts_with("gen_ai_client_"))
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        assert!(!used.is_empty(), "{file} queries no metric");
+        for metric in used {
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| metric.strip_suffix(suffix))
+                .unwrap_or(metric);
+            assert!(
+                declared.contains(&family),
+                "{file} queries {metric}, which /metrics does not export (it declares {declared:?})"
+            );
+        }
+    }
+}
