@@ -8,7 +8,8 @@
 //! `GET /stats` returns the request counts; `PUT /latency/{ms}` changes the latency.
 //! Image generations answer a ~2 MB PNG as `b64_json` (as gpt-image does) after
 //! `MOCK_IMAGE_LATENCY_MS` (default 1000). A chat deployment whose name starts with
-//! `throttled` answers 429 at once with `retry-after-ms: 0`.
+//! `throttled` answers 429 at once with `retry-after-ms: 0`. `POST /v1/traces` is an
+//! OTLP/HTTP collector that counts the exports and their bytes and keeps nothing.
 
 use std::{
     sync::{
@@ -33,6 +34,8 @@ struct Counters {
     chat_requests: AtomicU64,
     throttled_requests: AtomicU64,
     token_lifetime: AtomicU64,
+    trace_exports: AtomicU64,
+    trace_bytes: AtomicU64,
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -70,6 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/openai/deployments/{deployment}/chat/completions", post(chat))
         .route("/openai/deployments/{deployment}/images/generations", post(image))
+        .route("/v1/traces", post(traces))
         .route("/stats", get(stats))
         .route("/latency/{ms}", put(set_latency))
         .route("/jitter/{ms}", put(set_jitter))
@@ -152,7 +156,19 @@ async fn stats(State(counters): State<Arc<Counters>>) -> Json<Value> {
         "token_requests": counters.token_requests.load(Ordering::Relaxed),
         "chat_requests": counters.chat_requests.load(Ordering::Relaxed),
         "throttled_requests": counters.throttled_requests.load(Ordering::Relaxed),
+        "trace_exports": counters.trace_exports.load(Ordering::Relaxed),
+        "trace_bytes": counters.trace_bytes.load(Ordering::Relaxed),
     }))
+}
+
+/// An OTLP/HTTP collector: accepts every export (an empty `ExportTraceServiceResponse`).
+async fn traces(State(counters): State<Arc<Counters>>, body: axum::body::Bytes) -> impl axum::response::IntoResponse {
+    counters.trace_exports.fetch_add(1, Ordering::Relaxed);
+    counters.trace_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
+        axum::body::Bytes::new(),
+    )
 }
 
 async fn set_jitter(State(counters): State<Arc<Counters>>, Path(ms): Path<u64>) -> &'static str {
