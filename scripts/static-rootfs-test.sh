@@ -144,12 +144,16 @@ build() {
     return 0
   fi
   BIN=$WORK/ai-service.built
-  echo "# building: $(bash "$ROOT/scripts/static-build.sh" --print | paste -sd ' ')"
-  local out
+  # The build as the Dockerfile runs it, so the profile is the image's.
+  local plan profile name out
+  plan=$(bash "$ROOT/scripts/static-build.sh" --print | paste -sd ' ')
+  profile=$(sed -n 's/.* --profile \([^ ]*\).*/\1/p' <<<"$plan")
+  echo "# building: $plan"
+  name="the static build of the image's binary succeeds (scripts/static-build.sh, profile ${profile:-?})"
   if out=$(bash "$ROOT/scripts/static-build.sh" --out "$BIN" 2>&1); then
-    pass "the static release build succeeds (scripts/static-build.sh)"
+    pass "$name"
   else
-    fail "the static release build succeeds (scripts/static-build.sh)" "$(tail -n 40 <<<"$out")"
+    fail "$name" "$(tail -n 40 <<<"$out")"
     summary
     exit 1
   fi
