@@ -80,8 +80,9 @@ test_static_build() {
     return 0
   fi
   local flags="RUSTFLAGS=-C\\ target-feature=+crt-static\\ --cfg\\ getrandom_backend=\\\"linux_getrandom\\\""
+  flags+=$'\n'"AWS_LC_SYS_NO_JITTER_ENTROPY=1"
   out=$(bash scripts/static-build.sh --print 2>&1 || true)
-  expect "static-build.sh builds natively for this machine: profile dist, static RUSTFLAGS, the machine's own linker and C compiler" \
+  expect "static-build.sh builds natively for this machine: profile dist, static RUSTFLAGS, no jitter entropy, the machine's own linker and C compiler" \
     "$out" "$flags"$'\n'"cargo build --profile dist --locked --target $host"
   out=$(bash scripts/static-build.sh --print --arch "linux/$other" 2>&1 || true)
   local t cc ar
@@ -104,13 +105,14 @@ test_static_build() {
     pass "static-build.sh refuses an unknown architecture"
   fi
 
-  # The flags are spelt in one place: Makefile, Dockerfile and the static
-  # test call static-build.sh instead of repeating them.
+  # The flags are spelt in one place: Makefile, Dockerfile, the static test
+  # and the bench call static-build.sh instead of repeating them.
   local spelt
-  spelt=$(grep -l -e 'crt-static' -e 'getrandom_backend' Makefile Dockerfile scripts/*.sh .github/workflows/* 2>/dev/null |
+  spelt=$(grep -l -e 'crt-static' -e 'getrandom_backend' -e 'AWS_LC_SYS_NO_JITTER_ENTROPY' \
+    Makefile Dockerfile scripts/*.sh bench/*.sh .github/workflows/* 2>/dev/null |
     grep -v -x scripts/build-test.sh || true)
-  expect "the static RUSTFLAGS are defined only in scripts/static-build.sh" "$spelt" "scripts/static-build.sh"
-  for f in Makefile Dockerfile scripts/static-rootfs-test.sh; do
+  expect "the static RUSTFLAGS and the aws-lc build setting are defined only in scripts/static-build.sh" "$spelt" "scripts/static-build.sh"
+  for f in Makefile Dockerfile scripts/static-rootfs-test.sh bench/run.sh; do
     if grep -q 'scripts/static-build\.sh' "$f"; then
       pass "$f builds through scripts/static-build.sh"
     else
