@@ -44,12 +44,12 @@ openapi: toolchain ## Rewrite openapi.yaml from the code
 k8s-test: ## Validate manifests, test setup.sh against fake az/kubectl and the build/release files; shellcheck, hadolint, actionlint
 	bash k8s/test.sh
 
-static-test: toolchain ## Build the Dockerfile's static binary and run it in an empty root filesystem
+static-test: toolchain ## Build the Dockerfile's static binary (profile dist) and run it in an empty root filesystem
 	bash scripts/static-rootfs-test.sh
 
-# scripts/static-build.sh is the one definition of that build (flags and why), shared with the Dockerfile.
-static: toolchain ## Build the static release binary the image ships, for this machine (TARGETARCH=arm64 cross-compiles)
-	CARGO='$(CARGO)' bash scripts/static-build.sh $(if $(TARGETARCH),--arch '$(TARGETARCH)')
+# scripts/static-build.sh is the one definition of that build (profile, flags and why), shared with the Dockerfile.
+static: toolchain ## Build the static binary the image ships (profile dist), for this machine (TARGETARCH=arm64 cross-compiles; PROFILE=release compares)
+	CARGO='$(CARGO)' bash scripts/static-build.sh $(if $(TARGETARCH),--arch '$(TARGETARCH)') $(if $(PROFILE),--profile '$(PROFILE)')
 
 bench: toolchain ## Benchmark against a mock Azure OpenAI + Entra over HTTPS (results in bench/results/)
 	bash bench/run.sh

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# make bench: the release service against a mock Azure OpenAI + Entra token endpoint
-# over HTTPS on loopback, driven by wrk. Writes bench/results/bench.md and prints it.
-# Every load phase is bounded (PHASE_SECONDS); the whole run takes about 3 minutes
-# once the build exists. Last, the service runs again inside a 50 millicore CPU
-# quota (the seed's Kubernetes limit) when this user can make a cgroup (root).
+# make bench: the static service (profile dist, as the image ships it) against a mock
+# Azure OpenAI + Entra token endpoint over HTTPS on loopback, driven by wrk. Writes
+# bench/results/bench.md and prints it. Every load phase is bounded (PHASE_SECONDS);
+# the whole run takes about 3 minutes once the build exists. Last, the service runs
+# again inside a 50 millicore CPU quota (the seed's Kubernetes limit) when this user
+# can make a cgroup (root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,18 +35,12 @@ if ! command -v wrk >/dev/null; then
   { apt-get update -qq && apt-get install -y -qq wrk; } >/dev/null
 fi
 
-# The service is measured as it ships: the Dockerfile's static binary (same flags as make static).
-# AWS_LC_SYS_NO_JITTER_ENTROPY=1: aws-lc seeds its random generator from the kernel
-# (getrandom) only, without also timing CPU jitter for ~40 ms of CPU at the first TLS
-# handshake, which inside a 50 millicore quota is 8 periods, most of a second.
+# The service is measured as it ships: the Dockerfile's static binary, built by the one
+# definition of that build (scripts/static-build.sh: profile, flags and why).
 target_dir=${CARGO_TARGET_DIR:-target}
-# The static flags from their one definition, scripts/static-build.sh (which builds `release`).
-static_rustflags=$(bash scripts/static-build.sh --print | sed -n 's/^RUSTFLAGS=//p')
-eval "static_rustflags=$static_rustflags"
-RUSTFLAGS=$static_rustflags AWS_LC_SYS_NO_JITTER_ENTROPY=1 \
-  cargo build --locked --profile "$PROFILE" --target x86_64-unknown-linux-gnu --bin ai-service
+bash scripts/static-build.sh --profile "$PROFILE" --out "$work/ai-service"
 cargo build --locked --release --example mock_upstream
-bin=$target_dir/x86_64-unknown-linux-gnu/$PROFILE/ai-service
+bin=$work/ai-service
 # BENCH_BIN=path measures another build (e.g. an older one) in the same conditions.
 bin=${BENCH_BIN:-$bin}
 mock=$target_dir/release/examples/mock_upstream

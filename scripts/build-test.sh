@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/build-test.sh: offline tests of the build and release files that
 # no Docker engine or GitHub runner is needed for: the platform mapping of
-# scripts/rust-target.sh, the cross-build environment of
+# scripts/rust-target.sh, the profile and cross-build environment of
 # scripts/static-build.sh, the static RUSTFLAGS being defined once, the
 # Docker build context holding what the Dockerfile copies, and every action
 # in .github/workflows/ being pinned to a full commit SHA.
@@ -80,34 +80,50 @@ test_static_build() {
     return 0
   fi
   local flags="RUSTFLAGS=-C\\ target-feature=+crt-static\\ --cfg\\ getrandom_backend=\\\"linux_getrandom\\\""
+  flags+=$'\n'"AWS_LC_SYS_NO_JITTER_ENTROPY=1"
   out=$(bash scripts/static-build.sh --print 2>&1 || true)
-  expect "static-build.sh builds natively for this machine: static RUSTFLAGS, the machine's own linker and C compiler" \
-    "$out" "$flags"$'\n'"cargo build --release --locked --target $host"
+  expect "static-build.sh builds natively for this machine: profile dist, static RUSTFLAGS, no jitter entropy, the machine's own linker and C compiler" \
+    "$out" "$flags"$'\n'"cargo build --profile dist --locked --target $host"
   out=$(bash scripts/static-build.sh --print --arch "linux/$other" 2>&1 || true)
   local t cc ar
   read -r t cc ar _ <<<"$(mapping "$other")"
   local t_upper=${t^^} t_lower=${t//-/_}
   expect "static-build.sh cross-builds for linux/$other: cargo's linker and the cc crate's CC and AR for $t" \
-    "$out" "$flags"$'\n'"CARGO_TARGET_${t_upper//-/_}_LINKER=$cc"$'\n'"CC_$t_lower=$cc"$'\n'"AR_$t_lower=$ar"$'\n'"cargo build --release --locked --target $t"
+    "$out" "$flags"$'\n'"CARGO_TARGET_${t_upper//-/_}_LINKER=$cc"$'\n'"CC_$t_lower=$cc"$'\n'"AR_$t_lower=$ar"$'\n'"cargo build --profile dist --locked --target $t"
+  out=$(bash scripts/static-build.sh --print --profile release 2>&1 || true)
+  expect "static-build.sh --profile release builds that profile with the same environment" \
+    "$out" "$flags"$'\n'"cargo build --profile release --locked --target $host"
+  # The profile the image ships is defined, and is a size profile.
+  if awk '/^\[/ {in_dist = ($0 == "[profile.dist]")} in_dist && /^(opt-level|lto|codegen-units) *=/ {n++} END {exit n != 3}' Cargo.toml; then
+    pass "Cargo.toml defines [profile.dist] with opt-level, lto and codegen-units"
+  else
+    fail "Cargo.toml defines [profile.dist] with opt-level, lto and codegen-units" "$(sed -n '/^\[profile.dist\]/,/^\[/p' Cargo.toml)"
+  fi
   if out=$(bash scripts/static-build.sh --print --arch riscv64 2>&1); then
     fail "static-build.sh refuses an unknown architecture" "it printed: $out"
   else
     pass "static-build.sh refuses an unknown architecture"
   fi
 
-  # The flags are spelt in one place: Makefile, Dockerfile and the static
-  # test call static-build.sh instead of repeating them.
+  # The flags are spelt in one place: Makefile, Dockerfile, the static test
+  # and the bench call static-build.sh instead of repeating them.
   local spelt
-  spelt=$(grep -l -e 'crt-static' -e 'getrandom_backend' Makefile Dockerfile scripts/*.sh .github/workflows/* 2>/dev/null |
+  spelt=$(grep -l -e 'crt-static' -e 'getrandom_backend' -e 'AWS_LC_SYS_NO_JITTER_ENTROPY' \
+    Makefile Dockerfile scripts/*.sh bench/*.sh .github/workflows/* 2>/dev/null |
     grep -v -x scripts/build-test.sh || true)
-  expect "the static RUSTFLAGS are defined only in scripts/static-build.sh" "$spelt" "scripts/static-build.sh"
-  for f in Makefile Dockerfile scripts/static-rootfs-test.sh; do
+  expect "the static RUSTFLAGS and the aws-lc build setting are defined only in scripts/static-build.sh" "$spelt" "scripts/static-build.sh"
+  for f in Makefile Dockerfile scripts/static-rootfs-test.sh bench/run.sh; do
     if grep -q 'scripts/static-build\.sh' "$f"; then
       pass "$f builds through scripts/static-build.sh"
     else
       fail "$f builds through scripts/static-build.sh"
     fi
   done
+  # The image and its test build the script's default profile (dist): a
+  # --profile on either would ship, or test, another binary.
+  local overridden
+  overridden=$(grep -n 'static-build\.sh.*--profile' Dockerfile scripts/static-rootfs-test.sh || true)
+  expect "the Dockerfile and scripts/static-rootfs-test.sh build static-build.sh's default profile" "$overridden" ""
 }
 
 # --- The Docker build context -------------------------------------------------
