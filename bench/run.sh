@@ -100,7 +100,10 @@ curl -s -o /dev/null -X POST -H 'content-type: application/json' -d '{"name":"wa
 
 rows=()
 quota_rows=()
+trace_rows=()
 in_quota=
+trace_label=
+trace_exports() { curl -s "https://localhost:$mock_port/stats" --cacert "$work/ca.pem" | python3 -c 'import json,sys; print(json.load(sys.stdin)["trace_exports"])'; }
 # "periods throttled": the quota cgroup's cpu.stat counters (v1 and v2 name them alike)
 throttled() {
   if [[ -n $in_quota ]]; then awk '$1 == "nr_periods" {p = $2} $1 == "nr_throttled" {t = $2} END {print p, t}' "$cgroup/cpu.stat"; fi
@@ -155,7 +158,9 @@ phase() { # concurrency latency_ms [jitter_ms: each answer waits latency + U(0, 
   cpu_us=$(awk -v t="$ticks" -v hz="$ticks_per_s" -v n="$requests" 'BEGIN {printf "%.0f", (n > 0) ? 1e6 * t / hz / n : 0}')
   local shown_latency=$latency
   (( jitter > 0 )) && shown_latency="$latency + U(0,$jitter)"
-  if [[ -n $in_quota ]]; then
+  if [[ -n $trace_label ]]; then
+    trace_rows+=("| $trace_label | $shown_latency | $rps | $efficiency | $p50 | $p99 | $added50 | $added99 | $cpu_us | $(trace_exports) |")
+  elif [[ -n $in_quota ]]; then
     local throttled_share # periods in which the quota ran out, of all periods with work
     throttled_share=$(awk -v b="$before_throttled" -v a="$after_throttled" 'BEGIN {split(b, x); split(a, y); p = y[1] - x[1]; printf "%.0f%%", (p > 0) ? 100 * (y[2] - x[2]) / p : 0}')
     quota_rows+=("| $c | $shown_latency | $rps | $bound | $efficiency | $p50 | $p99 | $added50 | $added99 | $cpu_us | $throttled_share | $non2xx |")
@@ -189,6 +194,51 @@ token_requests=$(( $(token_requests) - tokens_before ))
 per_thousand=$(awk -v t="$token_requests" -v c="$service_calls" 'BEGIN {printf "%.4f", 1000 * t / c}')
 main_idle_rss=$idle_rss
 main_idle_threads=$idle_threads
+
+# --- Tracing: spans exported to a local collector, versus off ---------------------
+# The jittered c=64 phase on two processes side by side, one without an OTLP endpoint
+# and one exporting every request's spans over OTLP/HTTP (protobuf) to the mock's
+# /v1/traces with the SDK's default batching; three rounds, alternating, so the
+# machine's load falls alike on both, and the medians compared.
+off_service=$service off_port=$port
+on_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+traced_cmd=()
+for word in "${service_cmd[@]}"; do
+  case $word in
+    "PORT=$port") traced_cmd+=("PORT=$on_port") ;;
+    "$bin") traced_cmd+=(OTEL_EXPORTER_OTLP_ENDPOINT="$mock_url" "$bin") ;;
+    *) traced_cmd+=("$word") ;;
+  esac
+done
+trace_tokens_before=$(token_requests)
+"${traced_cmd[@]}" > "$work/traced.log" 2>&1 &
+on_service=$!
+pids+=("$on_service")
+until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$on_port/health") == 200 ]]; do
+  kill -0 "$on_service" 2>/dev/null || { cat "$work/traced.log"; exit 1; }
+done
+service=$on_service port=$on_port
+idle_after_token "$trace_tokens_before"
+traced_idle_rss=$idle_rss
+curl -s -o /dev/null -X POST -H 'content-type: application/json' -d '{"name":"warm","tags":[]}' "http://127.0.0.1:$port/generate/description"
+for round in 1 2 3; do
+  service=$off_service port=$off_port trace_label="off (round $round)"
+  phase 64 $LATENCY_MS 20
+  service=$on_service port=$on_port trace_label="on (round $round)"
+  phase 64 $LATENCY_MS 20
+done
+trace_label=
+sleep 6 # one more batch (5 s by default) so the last spans are counted
+trace_exported=$(trace_exports)
+kill "$on_service"; wait "$on_service" 2>/dev/null || true
+service=$off_service port=$off_port
+# Medians of CPU per request and added p99, off and on, from the rows' columns 10 and 9.
+trace_median() { # off|on column
+  printf '%s\n' "${trace_rows[@]}" | awk -F'|' -v want="$1" -v col="$2" '$2 ~ want {gsub(/ /, "", $col); print $col}' | median
+}
+cpu_off=$(trace_median off 10) cpu_on=$(trace_median on 10)
+p99_off=$(trace_median off 9) p99_on=$(trace_median on 9)
+cpu_more=$(awk -v a="$cpu_off" -v b="$cpu_on" 'BEGIN {printf "%+.1f%%", 100 * (b - a) / a}')
 
 # --- Inside a 50 millicore CPU quota --------------------------------------------
 # The seed's deployment limits the pod to `cpu: 50m`: the kernel lets it run 5 ms of
@@ -253,6 +303,14 @@ fi
   echo "| token requests / service requests to the upstream | $token_requests / $service_calls |"
   echo "| token requests per 1,000 requests | $per_thousand |"
   echo "| static binary size (${BENCH_BIN:-profile $PROFILE}) | $(( $(stat -c %s "$bin") / 1024 )) KiB |"
+  echo
+  echo "### Tracing exported versus off"
+  echo
+  echo "The jittered phase at concurrency 64 on two processes of the same binary side by side, alternating: *off* has no OTLP endpoint; *on* exports every request's spans (the server span and the client span of the model call) to a local OTLP/HTTP collector with the default batch settings. The last column is the collector's count of exports so far ($trace_exported in all after the last batch). Medians of the three rounds: CPU per request ${cpu_off} µs off, ${cpu_on} µs on (${cpu_more}); added p99 ${p99_off} ms off, ${p99_on} ms on. Idle RSS of the exporting process: $(mib "$traced_idle_rss") MiB."
+  echo
+  echo "| tracing | upstream latency (ms) | requests/s | of bound | p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) | CPU µs/request | exports received |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+  printf '%s\n' "${trace_rows[@]}"
   echo
   echo "### Inside a 50 millicore CPU quota"
   echo
