@@ -487,6 +487,26 @@ async fn a_token_fetched_from_entra_is_a_span_naming_the_credential_and_a_cached
     assert_eq!(text(&fetches[0].attributes, "error.type"), None);
 }
 
+#[tokio::test]
+async fn the_spans_still_queued_at_sigterm_are_sent_before_the_exit() {
+    // Arrange: a batch delay longer than the test, so only the shutdown can send them.
+    let collector = collector(accepting()).await;
+    let azure = MockServer::start(|_, _| MockResponse::json(200, answer("Flushed.", 3, 4))).await;
+    let (service, base, _dir) = traced_binary(&azure, &collector.url, &[("OTEL_BSP_SCHEDULE_DELAY", "600000")]).await;
+    let (status, _) = describe(&base, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(collector.count(), 0, "exported before the shutdown");
+
+    // Act
+    let finished = service.terminate().await;
+
+    // Assert: a clean exit, and both spans of the request reached the collector.
+    assert!(finished.status.success(), "{:#?}", finished.output());
+    let names: Vec<String> = received(&collector).into_iter().map(|(_, s)| s.name).collect();
+    assert!(names.contains(&"POST /generate/description".to_owned()), "{names:?}");
+    assert!(names.contains(&"chat gpt-5-mini".to_owned()), "{names:?}");
+}
+
 /// Answers stay 200 while the collector is down, hangs or refuses, and the log has one warning.
 async fn answers_survive(collector_url: &str, extra: &[(&str, &str)]) {
     let azure = MockServer::start(|_, _| MockResponse::json(200, answer("Still here.", 5, 7))).await;
