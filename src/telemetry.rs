@@ -80,15 +80,15 @@ impl Telemetry {
     /// Sends the spans still queued (bounded by the export timeout), then stops the exporter.
     pub async fn shutdown(self) {
         if let Some(provider) = self.provider {
-            // The flush blocks until the batch thread has sent the last spans: not on a
-            // runtime thread, which may be the only one.
+            // The export runs on this runtime (`ExportClient`), so the blocking flush must
+            // not hold a runtime thread while it waits.
             let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
         }
     }
 }
 
 /// Installs the global subscriber writing to stdout, with the exporter when `telemetry`
-/// names an endpoint.
+/// names an endpoint. Call it inside the runtime: the exporter sends on it.
 pub fn init(format: LogFormat, telemetry: Option<&TelemetrySettings>) -> Telemetry {
     init_with(format, "info", std::io::stdout, telemetry)
 }
@@ -182,34 +182,18 @@ fn tracer_provider(settings: &TelemetrySettings) -> Option<SdkTracerProvider> {
     )
 }
 
-/// Sends the exporter's requests with the service's reqwest, on the SDK's batch thread.
+/// Sends the exporter's requests with the service's reqwest on the service's runtime.
 ///
 /// The SDK's batch processor exports from its own thread, where an async client finds no
-/// runtime; this client brings a single-threaded runtime of its own and runs each export on
-/// it, on that thread. The export's work (TLS, writing ~100 KB batches) thus never runs on
-/// the threads that answer requests: `make bench` measured their p99 rising by several
-/// milliseconds when exports ran there. Failures (collector down, slow, refusing) are
-/// counted and logged at most once a minute, so a dead collector cannot flood the log; the
-/// queue in front of it is the SDK's, bounded by `OTEL_BSP_MAX_QUEUE_SIZE` (spans beyond
-/// it are dropped, never waited for).
+/// runtime; this client hands each request to the runtime it was built on and waits for the
+/// answer. Failures (collector down, slow, refusing) are counted and logged at most once a
+/// minute, so a dead collector cannot flood the log; the queue in front of it is the SDK's,
+/// bounded by `OTEL_BSP_MAX_QUEUE_SIZE` (spans beyond it are dropped, never waited for).
 #[derive(Debug)]
 struct ExportClient {
     client: reqwest::Client,
-    runtime: ExportRuntime,
+    runtime: tokio::runtime::Handle,
     warnings: ExportWarnings,
-}
-
-/// The exporter's runtime. Dropped without waiting: the exporter can be dropped inside the
-/// service's runtime (a failed build), where a blocking drop would panic.
-#[derive(Debug)]
-struct ExportRuntime(Option<tokio::runtime::Runtime>);
-
-impl Drop for ExportRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
 }
 
 impl ExportClient {
@@ -219,39 +203,34 @@ impl ExportClient {
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .build()
             .ok()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
         Some(Self {
             client,
-            runtime: ExportRuntime(Some(runtime)),
+            runtime: tokio::runtime::Handle::try_current().ok()?,
             warnings: ExportWarnings::default(),
         })
-    }
-
-    async fn send(client: reqwest::Client, request: Request<Bytes>) -> Result<Response<Bytes>, reqwest::Error> {
-        let request = reqwest::Request::try_from(request)?;
-        let response = client.execute(request).await?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.bytes().await?;
-        let mut answer = Response::new(body);
-        *answer.status_mut() = status;
-        *answer.headers_mut() = headers;
-        Ok(answer)
     }
 }
 
 #[async_trait::async_trait]
 impl HttpClient for ExportClient {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let sent = match &self.runtime.0 {
-            // The batch thread is no runtime's: blocking it on the export is what it is for.
-            Some(runtime) => runtime.block_on(Self::send(self.client.clone(), request)),
-            None => return Err("the exporter is shut down".into()),
+        let client = self.client.clone();
+        let sent = self.runtime.spawn(async move {
+            let request = reqwest::Request::try_from(request)?;
+            let response = client.execute(request).await?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response.bytes().await?;
+            let mut answer = Response::new(body);
+            *answer.status_mut() = status;
+            *answer.headers_mut() = headers;
+            Ok::<_, reqwest::Error>(answer)
+        });
+        let result: Result<Response<Bytes>, HttpError> = match sent.await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(err)) => Err(Box::new(err)),
+            Err(err) => Err(Box::new(err)),
         };
-        let result: Result<Response<Bytes>, HttpError> = sent.map_err(|err| Box::new(err) as HttpError);
         match &result {
             Ok(answer) if answer.status().is_success() => self.warnings.succeeded(),
             Ok(answer) => self
