@@ -70,13 +70,18 @@ python3 bench/startup.py "$STARTUP_RUNS" "$port" "$work/startup.log" -- "${servi
 startup_median=$(median < "$work/startup.txt")
 startup_range=$(range < "$work/startup.txt")
 
+# wait_healthy PID PORT LOG: until the service answers /health; its log and exit if it died.
+wait_healthy() {
+  until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$2/health") == 200 ]]; do
+    kill -0 "$1" 2>/dev/null || { cat "$3"; exit 1; }
+  done
+}
+
 tokens_before=$(token_requests) # the startup runs fetched some
 "${service_cmd[@]}" > "$work/service.log" 2>&1 &
 service=$!
 pids+=("$service")
-until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health") == 200 ]]; do
-  kill -0 "$service" 2>/dev/null || { cat "$work/service.log"; exit 1; }
-done
+wait_healthy "$service" "$port" "$work/service.log"
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$service/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$service/status"; }
@@ -214,9 +219,7 @@ trace_tokens_before=$(token_requests)
 "${traced_cmd[@]}" > "$work/traced.log" 2>&1 &
 on_service=$!
 pids+=("$on_service")
-until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$on_port/health") == 200 ]]; do
-  kill -0 "$on_service" 2>/dev/null || { cat "$work/traced.log"; exit 1; }
-done
+wait_healthy "$on_service" "$on_port" "$work/traced.log"
 service=$on_service port=$on_port
 idle_after_token "$trace_tokens_before"
 traced_idle_rss=$idle_rss
@@ -268,9 +271,7 @@ if make_cgroup 2> "$work/cgroup.err"; then
   sh -c 'echo $$ > "$1" && shift && exec "$@"' sh "$cgroup/cgroup.procs" "${service_cmd[@]}" > "$work/quota.log" 2>&1 &
   service=$!
   pids+=("$service")
-  until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health") == 200 ]]; do
-    kill -0 "$service" 2>/dev/null || { cat "$work/quota.log"; exit 1; }
-  done
+  wait_healthy "$service" "$port" "$work/quota.log"
   idle_after_token "$quota_tokens_before"
   quota_idle_rss=$idle_rss
   quota_idle_threads=$idle_threads
