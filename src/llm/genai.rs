@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::transport::{Headroom, status_label};
+use super::transport::Attempt;
 use crate::metrics::{GenAiCall, Metrics};
 
 /// The operation and provider of a pool's calls, fixed when the pool is built.
@@ -90,16 +90,9 @@ pub fn attempt_span(kind: &CallKind, request_model: &str, url: &url::Url) -> Spa
 /// How one attempt ended, as far as telemetry cares.
 #[derive(Debug)]
 pub enum Ended<'a> {
-    /// An answer with this status and body.
-    Answered {
-        /// HTTP status.
-        status: u16,
-        /// The body (parsed only on success).
-        body: &'a [u8],
-        /// The answer's quota headers.
-        headroom: Headroom,
-    },
-    /// No answer: `timeout`, `connect_error`, `credential`, ...
+    /// The request went out: answered (the body is parsed only on success), or not.
+    Sent(&'a Attempt),
+    /// It never went out, and why: `timeout`, `credential`, `request_error`.
     Failed(&'static str),
 }
 
@@ -115,21 +108,25 @@ pub fn record(
     ended: Ended<'_>,
 ) {
     let (error_type, summary) = match ended {
-        Ended::Answered { status, body, headroom } => {
+        Ended::Sent(
+            answered @ Attempt::Answered {
+                status, body, headroom, ..
+            },
+        ) => {
             for (kind, value) in [("requests", headroom.requests), ("tokens", headroom.tokens)] {
                 if let Some(remaining) = value {
                     metrics.ratelimit_remaining(request_model, kind, remaining);
                 }
             }
-            span.record("http.response.status_code", i64::from(status));
-            if (200..300).contains(&status) {
+            span.record("http.response.status_code", i64::from(status.as_u16()));
+            if status.is_success() {
                 // Unreadable here means unreadable for the caller too: that error is theirs to report.
                 (None, serde_json::from_slice::<AnswerSummary>(body).unwrap_or_default())
             } else {
-                let label = reqwest::StatusCode::from_u16(status).map_or("_OTHER", status_label);
-                (Some(label), AnswerSummary::default())
+                (Some(answered.label()), AnswerSummary::default())
             }
         }
+        Ended::Sent(other) => (Some(other.label()), AnswerSummary::default()),
         Ended::Failed(label) => (Some(label), AnswerSummary::default()),
     };
     let response_model = summary.model.as_deref().unwrap_or_default();

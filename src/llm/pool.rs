@@ -586,15 +586,7 @@ impl Pool {
             tokio::time::timeout_at(attempt_deadline, tracing::Instrument::instrument(send, span.clone())).await;
         if model_call.is_some() {
             let ended = match &attempt {
-                Ok(Ok(Attempt::Answered {
-                    status, body, headroom, ..
-                })) => Ended::Answered {
-                    status: status.as_u16(),
-                    body,
-                    headroom: *headroom,
-                },
-                Ok(Ok(Attempt::Broken(_))) => Ended::Failed("connect_error"),
-                Ok(Ok(Attempt::Refused(label, _))) => Ended::Failed(label),
+                Ok(Ok(sent)) => Ended::Sent(sent),
                 Ok(Err(UpstreamError::Credential(_))) => Ended::Failed("credential"),
                 Ok(Err(_)) => Ended::Failed("request_error"),
                 Err(_) => Ended::Failed("timeout"),

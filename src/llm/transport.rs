@@ -108,6 +108,17 @@ pub enum Attempt {
     Refused(&'static str, UpstreamError),
 }
 
+impl Attempt {
+    /// How the attempt ended, as a bounded metric label: the status, or why there was none.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Attempt::Answered { status, .. } => status_label(*status),
+            Attempt::Broken(_) => "connect_error",
+            Attempt::Refused(label, _) => label,
+        }
+    }
+}
+
 impl UpstreamClient {
     /// Wraps the client built at startup (with its connect timeout).
     pub fn new(client: reqwest::Client, metrics: Metrics) -> Self {
@@ -127,12 +138,7 @@ impl UpstreamClient {
     /// Sends one request and reads the answer; counts it under `backend` in the metrics.
     pub async fn attempt(&self, backend: &'static str, request: RequestBuilder) -> Attempt {
         let attempt = self.send(request).await;
-        let label = match &attempt {
-            Attempt::Answered { status, .. } => status_label(*status),
-            Attempt::Broken(_) => "connect_error",
-            Attempt::Refused(label, _) => label,
-        };
-        self.metrics.upstream_request(backend, label);
+        self.metrics.upstream_request(backend, attempt.label());
         attempt
     }
 
@@ -185,7 +191,7 @@ impl UpstreamClient {
 }
 
 /// A bounded set of metric labels: the statuses the pool acts on by name, the rest by class.
-pub fn status_label(status: StatusCode) -> &'static str {
+fn status_label(status: StatusCode) -> &'static str {
     match status.as_u16() {
         200 => "200",
         400 => "400",

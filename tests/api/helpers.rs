@@ -1150,3 +1150,10 @@ pub fn config_file(toml: &str) -> ConfigFile {
         _dir: dir,
     }
 }
+
+/// The value of the Prometheus sample whose line starts with `series` (name and labels).
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no sample `{series}` in:\n{text}"))
+}

@@ -4,12 +4,6 @@ use crate::helpers::*;
 use serde_json::json;
 use std::time::Duration;
 
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no sample `{series}` in:\n{text}"))
-}
-
 #[tokio::test]
 async fn metrics_count_requests_upstream_attempts_retries_and_token_acquisitions() {
     // Arrange: Azure OpenAI with Entra through the (fake) Azure CLI; the third chat call is throttled once.

@@ -17,12 +17,6 @@ use crate::helpers::*;
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN_ID: &str = "00f067aa0ba902b7";
 
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no sample `{series}` in:\n{text}"))
-}
-
 /// A chat answer reporting `usage` and the model that answered.
 fn answer(content: &str, input: u64, output: u64) -> Value {
     let mut answer = chat_completion(content);
@@ -266,24 +260,21 @@ async fn describe(base: &str, traceparent: Option<&str>) -> (u16, Value) {
     status_and_json(request.send().await.unwrap()).await
 }
 
-/// The tree under the root, one line per span: `name [kind]`, indented by depth.
+/// The tree under the caller's span, one line per span: `name [kind]`, indented by depth.
 fn tree(spans: &[&Span]) -> String {
-    fn walk(spans: &[&Span], parent: &[u8], depth: usize, out: &mut String) {
-        for span in spans.iter().filter(|s| s.parent_span_id == parent) {
+    fn walk(spans: &[&Span], parent: &str, depth: usize, out: &mut String) {
+        for span in spans.iter().filter(|s| hex(&s.parent_span_id) == parent) {
             out.push_str(&format!(
                 "{}{} [{:?}]\n",
                 "  ".repeat(depth),
                 span.name,
                 SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified)
             ));
-            walk(spans, &span.span_id, depth + 1, out);
+            walk(spans, &hex(&span.span_id), depth + 1, out);
         }
     }
     let mut out = String::new();
-    let caller = (0..8)
-        .map(|i| u8::from_str_radix(&CALLER_SPAN_ID[2 * i..2 * i + 2], 16).unwrap())
-        .collect::<Vec<u8>>();
-    walk(spans, &caller, 0, &mut out);
+    walk(spans, CALLER_SPAN_ID, 0, &mut out);
     out
 }
 
