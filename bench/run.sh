@@ -63,7 +63,9 @@ service_cmd=(env -i PATH="$PATH" PORT="$port" RUST_LOG=warn SSL_CERT_FILE="$work
   "$bin")
 median() { sort -n | awk '{v[NR] = $1} END {printf "%.1f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 range() { sort -n | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%s-%s", lo, hi}'; }
-token_requests() { curl -s "https://localhost:$mock_port/stats" --cacert "$work/ca.pem" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_requests"])'; }
+# mock_stat NAME: one counter of the mock's GET /stats.
+mock_stat() { curl -s "https://localhost:$mock_port/stats" --cacert "$work/ca.pem" | python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+token_requests() { mock_stat token_requests; }
 
 # Startup, from exec to the first 200 on /health, several times (one start is noise).
 python3 bench/startup.py "$STARTUP_RUNS" "$port" "$work/startup.log" -- "${service_cmd[@]}" > "$work/startup.txt"
@@ -108,7 +110,7 @@ quota_rows=()
 trace_rows=()
 in_quota=
 trace_label=
-trace_exports() { curl -s "https://localhost:$mock_port/stats" --cacert "$work/ca.pem" | python3 -c 'import json,sys; print(json.load(sys.stdin)["trace_exports"])'; }
+trace_exports() { mock_stat trace_exports; }
 # "periods throttled": the quota cgroup's cpu.stat counters (v1 and v2 name them alike)
 throttled() {
   if [[ -n $in_quota ]]; then awk '$1 == "nr_periods" {p = $2} $1 == "nr_throttled" {t = $2} END {print p, t}' "$cgroup/cpu.stat"; fi
@@ -127,7 +129,7 @@ phase() { # concurrency latency_ms [jitter_ms: each answer waits latency + U(0, 
   local sampler=$!
   local before_ticks; before_ticks=$(cpu_ticks)
   local before_throttled; before_throttled=$(throttled)
-  local before_chat; before_chat=$(curl -s "https://localhost:$mock_port/stats" --cacert "$work/ca.pem" | python3 -c 'import json,sys; print(json.load(sys.stdin)["chat_requests"])')
+  local before_chat; before_chat=$(mock_stat chat_requests)
   wrk -t"$threads" -c"$c" -d"${PHASE_SECONDS}s" --latency -s bench/post.lua "http://127.0.0.1:$port/generate/description" > "$work/wrk.txt"
   kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
   local load_rss; load_rss=$(cat "$work/load_rss" 2>/dev/null || echo 0)
@@ -141,7 +143,7 @@ phase() { # concurrency latency_ms [jitter_ms: each answer waits latency + U(0, 
   requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
   non2xx=$(awk '/Non-2xx/ {print $NF}' "$work/wrk.txt"); non2xx=${non2xx:-0}
   errors=$(awk '/Socket errors/ {print}' "$work/wrk.txt"); errors=${errors:-none}
-  local after_chat; after_chat=$(curl -s "https://localhost:$mock_port/stats" --cacert "$work/ca.pem" | python3 -c 'import json,sys; print(json.load(sys.stdin)["chat_requests"])')
+  local after_chat; after_chat=$(mock_stat chat_requests)
   service_calls=$(( service_calls + after_chat - before_chat ))
   local bound="-" efficiency="-"
   if (( latency > 0 )); then
