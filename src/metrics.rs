@@ -9,7 +9,7 @@
 //! `gen_ai_client_operation_duration_seconds`), so dashboards written for those
 //! conventions read them as they are; everything else is `ai_service_*`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -21,6 +21,8 @@ use prometheus_client::{
     },
     registry::Registry,
 };
+
+use crate::llm::transport::Headroom;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
@@ -111,6 +113,41 @@ impl GenAiCall<'_> {
         }
         labels
     }
+}
+
+/// One deployment's GenAI series, kept between its calls: building the labels and looking
+/// them up (five strings, hashed) for every call was a tenth of a request's instructions.
+#[derive(Debug, Default)]
+pub struct GenAiSeriesCache(Mutex<CachedSeries>);
+
+impl GenAiSeriesCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedSeries> {
+        // Plain handles: a panic elsewhere cannot leave them half-written.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug, Default)]
+struct CachedSeries {
+    calls: Option<GenAiSeries>,
+    headroom: Option<HeadroomGauges>,
+}
+
+/// The series of a deployment's successful calls for one pair of models.
+#[derive(Debug)]
+struct GenAiSeries {
+    request_model: String,
+    response_model: String,
+    duration: Histogram,
+    /// Input and output, made at the first answer that reports usage.
+    tokens: Option<[Histogram; 2]>,
+}
+
+#[derive(Debug)]
+struct HeadroomGauges {
+    deployment: String,
+    requests: Gauge,
+    tokens: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -255,29 +292,90 @@ impl Metrics {
     }
 
     /// Records one upstream model call: its duration, and the tokens it used when the
-    /// answer said (`usage`), each as the upstream reported it.
-    pub fn gen_ai_call(&self, call: &GenAiCall<'_>, seconds: f64, tokens: Option<(u64, u64)>) {
-        let labels = call.labels();
-        self.0.operation_duration.get_or_create(&labels).observe(seconds);
-        if let Some((input, output)) = tokens {
-            let mut labels = labels;
-            for (kind, count) in [("input", input), ("output", output)] {
-                labels.push(("gen_ai_token_type", kind.to_owned()));
-                self.0.token_usage.get_or_create(&labels).observe(count as f64);
-                labels.pop();
+    /// answer said (`usage`), each as the upstream reported it. A successful call's series
+    /// come from `cache` (the deployment's own) while its models stay the same.
+    pub fn gen_ai_call(
+        &self,
+        cache: &GenAiSeriesCache,
+        call: &GenAiCall<'_>,
+        seconds: f64,
+        tokens: Option<(u64, u64)>,
+    ) {
+        if call.error_type.is_some() {
+            // Failures are rare and carry a label the cache does not: look them up.
+            let labels = call.labels();
+            self.0.operation_duration.get_or_create(&labels).observe(seconds);
+            if let Some((input, output)) = tokens {
+                self.observe_tokens(labels, input, output);
             }
+            return;
+        }
+        let mut cached = cache.lock();
+        let series = match cached.calls.take() {
+            Some(series)
+                if series.request_model == call.request_model && series.response_model == call.response_model =>
+            {
+                series
+            }
+            _ => GenAiSeries {
+                request_model: call.request_model.to_owned(),
+                response_model: call.response_model.to_owned(),
+                duration: self.0.operation_duration.get_or_create(&call.labels()).clone(),
+                tokens: None,
+            },
+        };
+        let series = cached.calls.insert(series);
+        series.duration.observe(seconds);
+        if let Some((input, output)) = tokens {
+            let [input_series, output_series] = series.tokens.get_or_insert_with(|| {
+                ["input", "output"].map(|kind| {
+                    let mut labels = call.labels();
+                    labels.push(("gen_ai_token_type", kind.to_owned()));
+                    self.0.token_usage.get_or_create(&labels).clone()
+                })
+            });
+            input_series.observe(input as f64);
+            output_series.observe(output as f64);
         }
     }
 
-    /// Sets the quota headroom a deployment's answer reported (`kind`: `requests` or `tokens`).
-    pub fn ratelimit_remaining(&self, deployment: &str, kind: &'static str, remaining: i64) {
-        self.0
-            .ratelimit_remaining
-            .get_or_create(&RateLimitLabels {
-                deployment: deployment.to_owned(),
-                kind,
-            })
-            .set(remaining);
+    fn observe_tokens(&self, mut labels: GenAiLabels, input: u64, output: u64) {
+        for (kind, count) in [("input", input), ("output", output)] {
+            labels.push(("gen_ai_token_type", kind.to_owned()));
+            self.0.token_usage.get_or_create(&labels).observe(count as f64);
+            labels.pop();
+        }
+    }
+
+    /// Sets the quota headroom a deployment's answer reported, through the deployment's `cache`.
+    pub fn ratelimit_remaining(&self, cache: &GenAiSeriesCache, deployment: &str, headroom: Headroom) {
+        let mut cached = cache.lock();
+        let gauges = match cached.headroom.take() {
+            Some(gauges) if gauges.deployment == deployment => gauges,
+            _ => {
+                let gauge = |kind| {
+                    self.0
+                        .ratelimit_remaining
+                        .get_or_create(&RateLimitLabels {
+                            deployment: deployment.to_owned(),
+                            kind,
+                        })
+                        .clone()
+                };
+                HeadroomGauges {
+                    deployment: deployment.to_owned(),
+                    requests: gauge("requests"),
+                    tokens: gauge("tokens"),
+                }
+            }
+        };
+        let gauges = cached.headroom.insert(gauges);
+        if let Some(remaining) = headroom.requests {
+            gauges.requests.set(remaining);
+        }
+        if let Some(remaining) = headroom.tokens {
+            gauges.tokens.set(remaining);
+        }
     }
 
     /// Counts one answered HTTP request.
@@ -362,5 +460,91 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut text, &self.0.registry);
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call<'a>(response_model: &'a str, error_type: Option<&'a str>) -> GenAiCall<'a> {
+        GenAiCall {
+            operation: "chat",
+            provider: "azure.ai.openai",
+            request_model: "gpt-5-mini",
+            response_model,
+            error_type,
+        }
+    }
+
+    /// The value of the sample named `name` whose labels include every one of `labels`.
+    fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+        text.lines()
+            .find(|line| line.starts_with(&format!("{name}{{")) && labels.iter().all(|l| line.contains(l)))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} with {labels:?} in:\n{text}"))
+    }
+
+    #[test]
+    fn a_deployment_s_cached_series_follow_the_model_it_answers_with() {
+        let metrics = Metrics::new("test", "azure-openai");
+        let cache = GenAiSeriesCache::default();
+        metrics.gen_ai_call(&cache, &call("gpt-5-mini-2025-08-07", None), 0.5, Some((10, 100)));
+        metrics.gen_ai_call(&cache, &call("gpt-5-mini-2025-08-07", None), 0.5, Some((20, 200)));
+        // The deployment is upgraded: new series, and the old keep their sums.
+        metrics.gen_ai_call(&cache, &call("gpt-5-mini-2025-10-01", None), 0.5, Some((3, 30)));
+        metrics.gen_ai_call(&cache, &call("", Some("429")), 0.25, None);
+        metrics.gen_ai_call(&cache, &call("gpt-5-mini-2025-10-01", None), 0.5, None);
+        metrics.ratelimit_remaining(
+            &cache,
+            "gpt-5-mini",
+            Headroom {
+                requests: Some(9),
+                tokens: Some(900),
+            },
+        );
+        metrics.ratelimit_remaining(
+            &cache,
+            "gpt-5-mini",
+            Headroom {
+                requests: Some(8),
+                tokens: None,
+            },
+        );
+        let text = metrics.render();
+        let old = r#"gen_ai_response_model="gpt-5-mini-2025-08-07""#;
+        let new = r#"gen_ai_response_model="gpt-5-mini-2025-10-01""#;
+        let input = r#"gen_ai_token_type="input""#;
+        let output = r#"gen_ai_token_type="output""#;
+        assert_eq!(sample(&text, "gen_ai_client_token_usage_sum", &[old, input]), 30.0);
+        assert_eq!(sample(&text, "gen_ai_client_token_usage_sum", &[old, output]), 300.0);
+        assert_eq!(sample(&text, "gen_ai_client_token_usage_sum", &[new, input]), 3.0);
+        assert_eq!(sample(&text, "gen_ai_client_token_usage_count", &[new, output]), 1.0);
+        assert_eq!(
+            sample(&text, "gen_ai_client_operation_duration_seconds_count", &[old]),
+            2.0
+        );
+        assert_eq!(
+            sample(&text, "gen_ai_client_operation_duration_seconds_count", &[new]),
+            2.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "gen_ai_client_operation_duration_seconds_sum",
+                &[r#"error_type="429""#]
+            ),
+            0.25
+        );
+        let requests = r#"kind="requests""#;
+        assert_eq!(
+            sample(&text, "ai_service_upstream_ratelimit_remaining", &[requests]),
+            8.0
+        );
+        assert_eq!(
+            sample(&text, "ai_service_upstream_ratelimit_remaining", &[r#"kind="tokens""#]),
+            900.0
+        );
     }
 }

@@ -1,15 +1,16 @@
 //! Logging and tracing: one `init`, text or JSON log lines, OpenTelemetry spans over
 //! OTLP/HTTP when an endpoint is configured, and the span every request runs in.
 //!
-//! With no endpoint there is no OpenTelemetry layer at all: the GenAI and token spans
-//! (DEBUG level) are disabled at their callsites, no `traceparent` is read or written,
-//! and the request span is the plain one the logs always had.
+//! With no endpoint there is no OpenTelemetry layer and no tracer: no span is started
+//! for OpenTelemetry (the token spans, DEBUG level, are disabled at their callsites), no
+//! `traceparent` is read or written, and the request span is the plain one the logs
+//! always had.
 
 use std::{
     io::IsTerminal,
     sync::{
         Mutex, OnceLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -22,13 +23,16 @@ use bytes::Bytes;
 use opentelemetry::{
     KeyValue,
     propagation::TextMapPropagator,
-    trace::{TraceContextExt, TracerProvider as _},
+    trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _},
 };
-use opentelemetry_http::{HeaderExtractor, HeaderInjector, HttpClient, HttpError};
+use opentelemetry_http::{HeaderExtractor, HttpClient, HttpError};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    propagation::TraceContextPropagator,
+    trace::{SdkTracer, SdkTracerProvider},
+};
 use tracing::{Level, Span, field::Empty};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     EnvFilter, Layer,
     filter::{FilterFn, filter_fn},
@@ -39,8 +43,27 @@ use tracing_subscriber::{
 
 use crate::config::{LogFormat, TelemetrySettings};
 
-/// Whether spans are exported: set once by `init`.
-static EXPORTING: AtomicBool = AtomicBool::new(false);
+/// The tracer of the SERVER and model-call spans, set by `init` when spans are exported.
+/// Those spans start through the OpenTelemetry API rather than `tracing`: through
+/// `tracing-opentelemetry` every field of theirs went through each layer of the subscriber
+/// and every poll entered and left them, which `make bench` measured at most of tracing's
+/// cost. The token spans, rarer, stay `tracing` spans.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// The tracer for spans started directly; `None` when spans are not exported.
+pub fn tracer() -> Option<&'static SdkTracer> {
+    TRACER.get()
+}
+
+/// The request's trace (its SERVER span, attached while the request is polled), for spans
+/// started directly to take as their parent; empty when nothing is exported.
+pub fn current_context() -> opentelemetry::Context {
+    if TRACER.get().is_some() {
+        opentelemetry::Context::current()
+    } else {
+        opentelemetry::Context::new()
+    }
+}
 
 /// The filter: `RUST_LOG` when set, else `info`.
 fn filter(default: &str) -> EnvFilter {
@@ -54,11 +77,12 @@ fn filter(default: &str) -> EnvFilter {
         )
 }
 
-/// What the exporter's layer sees: the spans that say what they are to OpenTelemetry (the
-/// request's SERVER span, each upstream call's and token fetch's CLIENT span, all declaring
-/// `otel.kind`), and warnings and errors as span events. Decided from each callsite's
-/// metadata alone, so it is cached: the other spans and the INFO lines cost the exporter
-/// nothing (`make bench` measured the unfiltered layer at +46% CPU per request).
+/// What the exporter's layer sees: the `tracing` spans that say what they are to
+/// OpenTelemetry (the token fetches' CLIENT spans, declaring `otel.kind`), and warnings and
+/// errors as their events. Decided from each callsite's metadata alone, so it is cached: the
+/// other spans and the INFO lines cost the exporter nothing (`make bench` measured the
+/// unfiltered layer at +46% CPU per request). The SERVER and model-call spans do not go
+/// through `tracing` at all (see [`TRACER`]).
 fn export_filter() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool + Clone> {
     filter_fn(|meta: &tracing::Metadata<'_>| {
         if meta.is_span() {
@@ -145,7 +169,9 @@ where
     if result.is_err() {
         return Telemetry::default();
     }
-    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
+    if let Some(provider) = &provider {
+        let _ = TRACER.set(provider.tracer("ai-service"));
+    }
     Telemetry { provider }
 }
 
@@ -282,10 +308,8 @@ impl ExportWarnings {
     }
 }
 
-/// The span of one HTTP request: a SERVER span (`POST /generate/description`) continuing
-/// the caller's `traceparent` when spans are exported, else the plain request span. (The
-/// SERVER span names method and route once, as the conventions do: every field is an
-/// exported attribute, and each costs allocations per request.)
+/// The span of one HTTP request in the logs, with the ids of its trace when spans are
+/// exported. (Not itself exported: that is [`ServerSpan`].)
 pub fn make_span<B>(request: &Request<B>) -> Span {
     let route = request
         .extensions()
@@ -297,54 +321,68 @@ pub fn make_span<B>(request: &Request<B>) -> Span {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    if !EXPORTING.load(Ordering::Relaxed) {
+    if TRACER.get().is_none() {
         return tracing::info_span!("request", method = %request.method(), route, request_id);
     }
-    let span = tracing::info_span!(
+    tracing::info_span!(
         "request",
-        otel.name = %format_args!("{} {route}", request.method()),
-        otel.kind = "server",
-        otel.status_code = Empty,
+        method = %request.method(),
+        route,
         request_id,
-        http.request.method = %request.method(),
-        http.route = route,
-        http.response.status_code = Empty,
         trace_id = Empty,
         span_id = Empty,
-    );
-    let parent = propagator().extract(&HeaderExtractor(request.headers()));
-    let _ = span.set_parent(parent);
-    // The log lines of this request carry its trace and span ids, to find its trace.
-    let context = span.context();
-    let ids = context.span().span_context().clone();
-    if ids.is_valid() {
-        span.record("trace_id", tracing::field::display(ids.trace_id()));
-        span.record("span_id", tracing::field::display(ids.span_id()));
-    }
-    span
+    )
 }
 
-/// Records the answer's status on the request span (a 5xx marks it failed).
-pub fn record_response<B>(response: &Response<B>, span: &Span) {
-    if !EXPORTING.load(Ordering::Relaxed) {
-        return;
-    }
-    let status = response.status();
-    // i64: tracing-opentelemetry records unsigned integers as strings.
-    span.record("http.response.status_code", i64::from(status.as_u16()));
-    if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
-    }
+/// The SERVER span of one request (`POST /generate/description`), continuing the caller's
+/// `traceparent`; started only when spans are exported.
+#[derive(Debug)]
+pub struct ServerSpan {
+    /// The trace with this span current: the parent of the spans of the request's work.
+    context: opentelemetry::Context,
 }
 
-/// Adds the `traceparent` of `span` to an upstream request, so the call continues the trace.
-pub fn propagate(span: &Span, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    if !EXPORTING.load(Ordering::Relaxed) || span.is_disabled() {
-        return request;
+impl ServerSpan {
+    /// Starts the span of `request` on `route`, and puts its ids on the log's request span
+    /// (the current one), so the log lines of a request lead to its trace.
+    pub fn start<B>(request: &Request<B>, route: &str) -> Option<Self> {
+        let tracer = TRACER.get()?;
+        let parent = propagator().extract(&HeaderExtractor(request.headers()));
+        let method = request.method().as_str().to_owned();
+        let span = tracer
+            .span_builder(format!("{method} {route}"))
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("http.request.method", method),
+                KeyValue::new("http.route", route.to_owned()),
+            ])
+            .start_with_context(tracer, &parent);
+        let ids = span.span_context().clone();
+        if ids.is_valid() {
+            let logged = Span::current();
+            logged.record("trace_id", tracing::field::display(ids.trace_id()));
+            logged.record("span_id", tracing::field::display(ids.span_id()));
+        }
+        Some(Self {
+            context: parent.with_span(span),
+        })
     }
-    let mut headers = reqwest::header::HeaderMap::new();
-    propagator().inject_context(&span.context(), &mut HeaderInjector(&mut headers));
-    request.headers(headers)
+
+    /// The request's trace, to attach while its future is polled.
+    pub fn context(&self) -> opentelemetry::Context {
+        self.context.clone()
+    }
+
+    /// Ends the span with the answer's status (a 5xx marks it failed).
+    pub fn end<B>(self, response: &Response<B>) {
+        let span = self.context.span();
+        let status = response.status();
+        span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+        if status.is_server_error() {
+            span.set_status(Status::error(status.as_str().to_owned()));
+        }
+        span.end();
+    }
 }
 
 fn propagator() -> &'static TraceContextPropagator {

@@ -4,8 +4,8 @@
 use url::Url;
 
 use super::{
-    CallContext, ChatCompletionRequest, ChatModel, ChatPrompt, GeneratedImage, ImageModel, ProductFacts, UpstreamError,
-    encode, parse_chat_completion, parse_image_generation,
+    CallContext, ChatCompletionRequest, ChatModel, ChatPrompt, GeneratedImage, ImageModel, ModelRequest, ProductFacts,
+    UpstreamError, genai, parse_chat_completion, parse_image_generation,
     pool::{Auth, Pool, Target},
 };
 use crate::config::{ApiVersion, DeploymentSettings};
@@ -77,17 +77,36 @@ impl ChatModel for AzureChat {
         _: &ProductFacts,
         ctx: &CallContext,
     ) -> Result<String, UpstreamError> {
-        let body = encode(&ChatCompletionRequest::new(prompt, None))?;
-        parse_chat_completion(&self.0.post(&body, ctx).await?)
+        parse_chat_completion(&self.0.post(&ChatCompletionRequest::new(prompt, None), ctx).await?)
     }
 }
 
 /// The body of `POST .../images/generations`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 struct ImageGenerationRequest<'a> {
+    /// Only on Azure's v1 API, which takes the deployment in the body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
     prompt: &'a str,
     n: u8,
     size: &'static str,
+}
+
+impl ModelRequest for ImageGenerationRequest<'_> {
+    fn model(&self) -> Option<&str> {
+        self.model
+    }
+
+    fn to_json(&self, model: Option<&str>) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&ImageGenerationRequest {
+            model: model.or(self.model),
+            ..self.clone()
+        })
+    }
+
+    fn input_messages(&self) -> String {
+        genai::input_messages([("user", self.prompt)])
+    }
 }
 
 /// The image pool on Azure OpenAI (gpt-image or DALL-E).
@@ -104,12 +123,12 @@ impl ImageModel for AzureImage {
         ctx: &CallContext,
     ) -> Result<GeneratedImage, UpstreamError> {
         let request = ImageGenerationRequest {
+            model: None,
             prompt,
             n: 1,
             size: "1024x1024",
         };
-        let body = encode(&request)?;
-        parse_image_generation(&self.0.post(&body, ctx).await?)
+        parse_image_generation(&self.0.post(&request, ctx).await?)
     }
 }
 

@@ -4,16 +4,20 @@
 //! answer's `id`, `model`, `usage` and finish reasons, plus the quota headroom
 //! headers of every answer.
 //!
-//! The span is at DEBUG level on purpose: the log output (INFO by default) never
-//! formats it, so with no OpenTelemetry exporter it is disabled at its callsite and
-//! costs nothing; the exporter's layer enables it (`telemetry`).
+//! With no OpenTelemetry exporter there is no span at all: starting one is a check of
+//! an empty static (`telemetry::tracer`).
 
+use opentelemetry::{
+    KeyValue,
+    trace::{Span as _, SpanKind, Status, Tracer as _},
+};
 use serde::Deserialize;
-use tracing::{Span, field::Empty};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::transport::Attempt;
-use crate::metrics::{GenAiCall, Metrics};
+use super::{
+    ModelRequest,
+    transport::{Attempt, Headroom},
+};
+use crate::metrics::{GenAiCall, GenAiSeriesCache, Metrics};
 
 /// The operation and provider of a pool's calls, fixed when the pool is built.
 #[derive(Debug, Clone)]
@@ -65,26 +69,74 @@ struct MessageSummary {
     content: Option<String>,
 }
 
-/// The span of one attempt on `deployment` at `url`.
-pub fn attempt_span(kind: &CallKind, request_model: &str, url: &url::Url) -> Span {
-    tracing::debug_span!(
-        "upstream call",
-        otel.name = %format_args!("{} {request_model}", kind.operation),
-        otel.kind = "client",
-        otel.status_code = Empty,
-        gen_ai.operation.name = kind.operation,
-        gen_ai.provider.name = %kind.provider,
-        gen_ai.request.model = request_model,
-        gen_ai.response.model = Empty,
-        gen_ai.response.id = Empty,
-        gen_ai.usage.input_tokens = Empty,
-        gen_ai.usage.output_tokens = Empty,
-        server.address = url.host_str().unwrap_or_default(),
-        // i64, not u16/u64: tracing-opentelemetry records unsigned integers as strings.
-        server.port = i64::from(url.port_or_known_default().unwrap_or_default()),
-        http.response.status_code = Empty,
-        error.type = Empty,
-    )
+/// One attempt of a model call, as its telemetry sees it: what was asked, and the CLIENT
+/// span, started with the OpenTelemetry API directly when spans are exported (else none).
+/// Not a `tracing` span: through `tracing-opentelemetry` each field went through the
+/// subscriber's layers and every poll entered and left it, which made this span cost more
+/// than the rest of the request's tracing together (`make bench`).
+pub struct ModelCall<'a> {
+    kind: &'a CallKind,
+    request_model: &'a str,
+    input: &'a dyn ModelRequest,
+    span: Option<opentelemetry_sdk::trace::Span>,
+}
+
+impl<'a> ModelCall<'a> {
+    /// Starts the span `{operation} {request_model}` for an attempt on `url`, a child of `parent`.
+    pub fn start(
+        kind: &'a CallKind,
+        request_model: &'a str,
+        input: &'a dyn ModelRequest,
+        url: &url::Url,
+        parent: &opentelemetry::Context,
+    ) -> Self {
+        let span = crate::telemetry::tracer().map(|tracer| {
+            let mut attributes = Vec::with_capacity(16);
+            attributes.extend([
+                KeyValue::new("gen_ai.operation.name", kind.operation),
+                KeyValue::new("gen_ai.provider.name", kind.provider.clone()),
+                KeyValue::new("gen_ai.request.model", request_model.to_owned()),
+                KeyValue::new("server.address", url.host_str().unwrap_or_default().to_owned()),
+                KeyValue::new(
+                    "server.port",
+                    i64::from(url.port_or_known_default().unwrap_or_default()),
+                ),
+            ]);
+            tracer
+                .span_builder(format!("{} {request_model}", kind.operation))
+                .with_kind(SpanKind::Client)
+                .with_attributes(attributes)
+                .start_with_context(tracer, parent)
+        });
+        Self {
+            kind,
+            request_model,
+            input,
+            span,
+        }
+    }
+
+    /// The W3C `traceparent` naming this attempt's span as the parent of the upstream's work.
+    pub fn traceparent(&self) -> Option<String> {
+        let ids = self.span.as_ref()?.span_context();
+        ids.is_valid().then(|| {
+            format!(
+                "00-{}-{}-{:02x}",
+                ids.trace_id(),
+                ids.span_id(),
+                ids.trace_flags().to_u8()
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for ModelCall<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelCall")
+            .field("request_model", &self.request_model)
+            .field("traced", &self.span.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How one attempt ended, as far as telemetry cares.
@@ -96,112 +148,109 @@ pub enum Ended<'a> {
     Failed(&'static str),
 }
 
-/// Records one attempt's end: its span's attributes, the duration and token histograms,
-/// and the deployment's quota headroom.
-pub fn record(
-    metrics: &Metrics,
-    span: &Span,
-    kind: &CallKind,
-    request_model: &str,
-    input: Option<&serde_json::Value>,
-    seconds: f64,
-    ended: Ended<'_>,
-) {
-    let (error_type, summary) = match ended {
-        Ended::Sent(
-            answered @ Attempt::Answered {
-                status, body, headroom, ..
-            },
-        ) => {
-            for (kind, value) in [("requests", headroom.requests), ("tokens", headroom.tokens)] {
-                if let Some(remaining) = value {
-                    metrics.ratelimit_remaining(request_model, kind, remaining);
+impl ModelCall<'_> {
+    /// Records the attempt's end: the duration and token histograms and the deployment's
+    /// quota headroom (through the deployment's `series`), and the span's last attributes.
+    pub fn finish(self, metrics: &Metrics, series: &GenAiSeriesCache, seconds: f64, ended: Ended<'_>) {
+        let Self {
+            kind,
+            request_model,
+            input,
+            span,
+        } = self;
+        let mut status_code = None;
+        let (error_type, summary) = match ended {
+            Ended::Sent(
+                answered @ Attempt::Answered {
+                    status, body, headroom, ..
+                },
+            ) => {
+                if *headroom != Headroom::default() {
+                    metrics.ratelimit_remaining(series, request_model, *headroom);
+                }
+                status_code = Some(i64::from(status.as_u16()));
+                if status.is_success() {
+                    // Unreadable here means unreadable for the caller too: that error is theirs to report.
+                    (None, serde_json::from_slice::<AnswerSummary>(body).unwrap_or_default())
+                } else {
+                    (Some(answered.label()), AnswerSummary::default())
                 }
             }
-            span.record("http.response.status_code", i64::from(status.as_u16()));
-            if status.is_success() {
-                // Unreadable here means unreadable for the caller too: that error is theirs to report.
-                (None, serde_json::from_slice::<AnswerSummary>(body).unwrap_or_default())
-            } else {
-                (Some(answered.label()), AnswerSummary::default())
+            Ended::Sent(other) => (Some(other.label()), AnswerSummary::default()),
+            Ended::Failed(label) => (Some(label), AnswerSummary::default()),
+        };
+        let response_model = summary.model.as_deref().unwrap_or_default();
+        let tokens = summary
+            .usage
+            .as_ref()
+            .and_then(|u| Some((u.prompt_tokens?, u.completion_tokens?)));
+        metrics.gen_ai_call(
+            series,
+            &GenAiCall {
+                operation: kind.operation,
+                provider: &kind.provider,
+                request_model,
+                response_model,
+                error_type,
+            },
+            seconds,
+            tokens,
+        );
+        let Some(mut span) = span else {
+            return;
+        };
+        let mut attributes = Vec::with_capacity(8);
+        if let Some(code) = status_code {
+            attributes.push(KeyValue::new("http.response.status_code", code));
+        }
+        match error_type {
+            Some(error) => {
+                attributes.push(KeyValue::new("error.type", error.to_owned()));
+                span.set_status(Status::error(error.to_owned()));
+            }
+            None => span.set_status(Status::Ok),
+        }
+        if let Some(model) = &summary.model {
+            attributes.push(KeyValue::new("gen_ai.response.model", model.clone()));
+        }
+        if let Some(id) = &summary.id {
+            attributes.push(KeyValue::new("gen_ai.response.id", id.clone()));
+        }
+        if let Some((input, output)) = tokens {
+            let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            attributes.push(KeyValue::new("gen_ai.usage.input_tokens", signed(input)));
+            attributes.push(KeyValue::new("gen_ai.usage.output_tokens", signed(output)));
+        }
+        let reasons: Vec<opentelemetry::StringValue> = summary
+            .choices
+            .iter()
+            .filter_map(|c| c.finish_reason.clone())
+            .map(Into::into)
+            .collect();
+        if !reasons.is_empty() {
+            attributes.push(KeyValue::new(
+                "gen_ai.response.finish_reasons",
+                opentelemetry::Value::Array(reasons.into()),
+            ));
+        }
+        if kind.capture_content {
+            attributes.push(KeyValue::new("gen_ai.input.messages", input.input_messages()));
+            if let Some(output) = output_messages(&summary) {
+                attributes.push(KeyValue::new("gen_ai.output.messages", output));
             }
         }
-        Ended::Sent(other) => (Some(other.label()), AnswerSummary::default()),
-        Ended::Failed(label) => (Some(label), AnswerSummary::default()),
-    };
-    let response_model = summary.model.as_deref().unwrap_or_default();
-    let tokens = summary
-        .usage
-        .as_ref()
-        .and_then(|u| Some((u.prompt_tokens?, u.completion_tokens?)));
-    metrics.gen_ai_call(
-        &GenAiCall {
-            operation: kind.operation,
-            provider: &kind.provider,
-            request_model,
-            response_model,
-            error_type,
-        },
-        seconds,
-        tokens,
-    );
-    if span.is_disabled() {
-        return;
-    }
-    match error_type {
-        Some(error) => {
-            span.record("error.type", error);
-            span.record("otel.status_code", "ERROR");
-        }
-        None => {
-            span.record("otel.status_code", "OK");
-        }
-    }
-    if let Some(model) = &summary.model {
-        span.record("gen_ai.response.model", model.as_str());
-    }
-    if let Some(id) = &summary.id {
-        span.record("gen_ai.response.id", id.as_str());
-    }
-    if let Some((input, output)) = tokens {
-        let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        span.record("gen_ai.usage.input_tokens", signed(input));
-        span.record("gen_ai.usage.output_tokens", signed(output));
-    }
-    let reasons: Vec<opentelemetry::StringValue> = summary
-        .choices
-        .iter()
-        .filter_map(|c| c.finish_reason.clone())
-        .map(Into::into)
-        .collect();
-    if !reasons.is_empty() {
-        span.set_attribute(
-            "gen_ai.response.finish_reasons",
-            opentelemetry::Value::Array(reasons.into()),
-        );
-    }
-    if kind.capture_content {
-        if let Some(input) = input {
-            span.set_attribute("gen_ai.input.messages", input_messages(input));
-        }
-        if let Some(output) = output_messages(&summary) {
-            span.set_attribute("gen_ai.output.messages", output);
-        }
+        span.set_attributes(attributes);
+        span.end();
     }
 }
 
-/// The request's messages (chat) or prompt (images) in the conventions' JSON shape:
+/// `(role, text)` messages in the conventions' JSON shape:
 /// `[{"role": ..., "parts": [{"type": "text", "content": ...}]}]`.
-fn input_messages(body: &serde_json::Value) -> String {
-    let text_part = |content: &serde_json::Value| serde_json::json!([{ "type": "text", "content": content }]);
-    let messages: Vec<serde_json::Value> = match (body.get("messages"), body.get("prompt")) {
-        (Some(serde_json::Value::Array(messages)), _) => messages
-            .iter()
-            .map(|m| serde_json::json!({ "role": m["role"], "parts": text_part(&m["content"]) }))
-            .collect(),
-        (_, Some(prompt)) => vec![serde_json::json!({ "role": "user", "parts": text_part(prompt) })],
-        _ => Vec::new(),
-    };
+pub fn input_messages<'a>(messages: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let messages: Vec<serde_json::Value> = messages
+        .into_iter()
+        .map(|(role, content)| serde_json::json!({ "role": role, "parts": [{ "type": "text", "content": content }] }))
+        .collect();
     serde_json::Value::Array(messages).to_string()
 }
 
@@ -245,8 +294,13 @@ mod tests {
 
     #[test]
     fn messages_take_the_conventions_shape() {
-        let body = serde_json::json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Describe a leash."}], "temperature": 0.2});
-        let input: serde_json::Value = serde_json::from_str(&input_messages(&body)).unwrap();
+        let prompt = crate::llm::ChatPrompt {
+            system: "Be brief.".to_owned(),
+            user: "Describe a leash.".to_owned(),
+            temperature: 0.2,
+        };
+        let body = crate::llm::ChatCompletionRequest::new(&prompt, None);
+        let input: serde_json::Value = serde_json::from_str(&body.input_messages()).unwrap();
         assert_eq!(
             input,
             serde_json::json!([
@@ -254,8 +308,7 @@ mod tests {
                 {"role": "user", "parts": [{"type": "text", "content": "Describe a leash."}]}
             ])
         );
-        let image: serde_json::Value =
-            serde_json::from_str(&input_messages(&serde_json::json!({"prompt": "A leash", "n": 1}))).unwrap();
+        let image: serde_json::Value = serde_json::from_str(&input_messages([("user", "A leash")])).unwrap();
         assert_eq!(image[0]["role"], "user");
         assert_eq!(image[0]["parts"][0]["content"], "A leash");
         let summary: AnswerSummary =

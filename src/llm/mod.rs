@@ -209,10 +209,33 @@ struct ChatResponseMessage {
     refusal: Option<String>,
 }
 
-/// A request body as JSON, for a pool to send (and add a `model` to where the API wants one).
-pub fn encode(body: &impl Serialize) -> Result<serde_json::Value, UpstreamError> {
-    serde_json::to_value(body)
-        .map_err(|err| UpstreamError::InvalidResponse(format!("could not encode the request: {err}")))
+/// The body of one model call, as a pool sends it to each deployment it tries and as
+/// the call's telemetry reads it.
+pub trait ModelRequest: Sync {
+    /// The `model` the caller put in the body, if any.
+    fn model(&self) -> Option<&str>;
+    /// The JSON bytes, with `model` in place of the caller's where the target wants one in
+    /// the body (Azure's v1 API, OpenAI): serialised straight from the borrowed prompt.
+    fn to_json(&self, model: Option<&str>) -> serde_json::Result<Vec<u8>>;
+    /// The prompt as `gen_ai.input.messages` (only when message capture is on).
+    fn input_messages(&self) -> String;
+}
+
+impl ModelRequest for ChatCompletionRequest<'_> {
+    fn model(&self) -> Option<&str> {
+        self.model
+    }
+
+    fn to_json(&self, model: Option<&str>) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&ChatCompletionRequest {
+            model: model.or(self.model),
+            ..self.clone()
+        })
+    }
+
+    fn input_messages(&self) -> String {
+        genai::input_messages(self.messages.iter().map(|m| (m.role, m.content)))
+    }
 }
 
 /// Extracts the first choice's text; a filtered or empty answer is an error, never an empty description.

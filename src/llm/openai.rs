@@ -7,8 +7,7 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use super::{
-    CallContext, ChatCompletionRequest, ChatModel, ChatPrompt, ProductFacts, UpstreamError, encode,
-    parse_chat_completion,
+    CallContext, ChatCompletionRequest, ChatModel, ChatPrompt, ProductFacts, UpstreamError, parse_chat_completion,
     pool::{Auth, Pool, Target},
 };
 
@@ -137,7 +136,7 @@ impl ChatModel for OpenAiCompatible {
         ctx: &CallContext,
     ) -> Result<String, UpstreamError> {
         let model = self.model(ctx).await?;
-        let body = encode(&ChatCompletionRequest::new(prompt, Some(&model)))?;
+        let body = ChatCompletionRequest::new(prompt, Some(&model));
         let answer = self.pool.post(&body, ctx).await.map_err(|err| match err {
             // The pool names its target; a local server's target has no model name of its own.
             UpstreamError::NotFound { .. } => UpstreamError::NotFound { name: model.clone() },

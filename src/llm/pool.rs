@@ -29,11 +29,15 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::{
-    CallContext, UpstreamError, classify_bad_request,
-    genai::{self, CallKind, Ended},
+    CallContext, ModelRequest, UpstreamError, classify_bad_request,
+    genai::{CallKind, Ended, ModelCall},
     transport::{Attempt, UpstreamClient, backoff, spread},
 };
-use crate::{config::Routing, credential::TokenProvider, metrics::DeploymentState};
+use crate::{
+    config::Routing,
+    credential::TokenProvider,
+    metrics::{DeploymentState, GenAiSeriesCache},
+};
 
 /// What a pool serves; its name is the `capability` label of the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,20 +139,20 @@ pub struct Target {
 }
 
 impl Target {
-    /// `POST {url}` with `body` (plus this target's `model`), authenticated for this attempt.
+    /// `POST {url}` with `body` (with this target's `model`, where it has one), authenticated
+    /// for this attempt.
     pub async fn post(
         &self,
         client: &reqwest::Client,
-        body: &serde_json::Value,
+        body: &dyn ModelRequest,
     ) -> Result<RequestBuilder, UpstreamError> {
-        let request = match (&self.model, body) {
-            (Some(model), serde_json::Value::Object(fields)) => {
-                let mut fields = fields.clone();
-                fields.insert("model".to_owned(), serde_json::Value::String(model.clone()));
-                client.post(self.url.clone()).json(&fields)
-            }
-            _ => client.post(self.url.clone()).json(body),
-        };
+        let json = body
+            .to_json(self.model.as_deref())
+            .map_err(|err| UpstreamError::InvalidResponse(format!("could not encode the request: {err}")))?;
+        let request = client
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(json);
         self.auth.apply(request).await
     }
 }
@@ -182,6 +186,7 @@ struct Health {
 struct Member {
     target: Target,
     health: Mutex<Health>,
+    series: GenAiSeriesCache,
 }
 
 /// Why a member cannot take a request now.
@@ -319,6 +324,7 @@ impl Pool {
                             state: State::Ok,
                             failures: 0,
                         }),
+                        series: GenAiSeriesCache::default(),
                     })
                 })
                 .collect(),
@@ -345,7 +351,7 @@ impl Pool {
 
     /// POSTs `body` to the pool under the routing rules and returns the first 2xx body; each
     /// attempt is a GenAI call (span and metrics).
-    pub async fn post(&self, body: &serde_json::Value, ctx: &CallContext) -> Result<Vec<u8>, UpstreamError> {
+    pub async fn post(&self, body: &dyn ModelRequest, ctx: &CallContext) -> Result<Vec<u8>, UpstreamError> {
         self.route(ctx, Some(body), |target, client| target.post(client, body))
             .await
     }
@@ -364,7 +370,7 @@ impl Pool {
     async fn route<'a, F, Fut>(
         &'a self,
         ctx: &CallContext,
-        model_call: Option<&serde_json::Value>,
+        model_call: Option<&dyn ModelRequest>,
         build: F,
     ) -> Result<Vec<u8>, UpstreamError>
     where
@@ -552,7 +558,7 @@ impl Pool {
         member: &'a Member,
         number: u32,
         ctx: &CallContext,
-        model_call: Option<&serde_json::Value>,
+        model_call: Option<&dyn ModelRequest>,
         build: &F,
     ) -> Outcome
     where
@@ -565,38 +571,32 @@ impl Pool {
         // The model asked for: the body's `model` where the API takes one (OpenAI, a local
         // server, Azure's v1 API), else the deployment.
         let request_model = model_call
-            .and_then(|body| body.get("model"))
-            .and_then(serde_json::Value::as_str)
+            .and_then(|body| body.model())
             .or(target.model.as_deref())
             .unwrap_or(&target.name);
-        let span = match model_call {
-            Some(_) => genai::attempt_span(&self.kind, request_model, &target.url),
-            None => tracing::Span::none(),
-        };
+        let call = model_call.map(|input| ModelCall::start(&self.kind, request_model, input, &target.url, &ctx.trace));
         let send = async {
             // The token is taken here, for this attempt: a long wait before cannot make it stale.
             let mut request = build(target, self.transport.client()).await?;
             if let Some(id) = &ctx.request_id {
                 request = request.header("x-request-id", id);
             }
-            request = crate::telemetry::propagate(&span, request);
+            if let Some(traceparent) = call.as_ref().and_then(ModelCall::traceparent) {
+                request = request.header("traceparent", traceparent);
+            }
             Ok::<_, UpstreamError>(self.transport.attempt(self.backend, request).await)
         };
-        let attempt =
-            tokio::time::timeout_at(attempt_deadline, tracing::Instrument::instrument(send, span.clone())).await;
-        if model_call.is_some() {
+        let attempt = tokio::time::timeout_at(attempt_deadline, send).await;
+        if let Some(call) = call {
             let ended = match &attempt {
                 Ok(Ok(sent)) => Ended::Sent(sent),
                 Ok(Err(UpstreamError::Credential(_))) => Ended::Failed("credential"),
                 Ok(Err(_)) => Ended::Failed("request_error"),
                 Err(_) => Ended::Failed("timeout"),
             };
-            genai::record(
+            call.finish(
                 self.transport.metrics(),
-                &span,
-                &self.kind,
-                request_model,
-                model_call,
+                &member.series,
                 started.elapsed().as_secs_f64(),
                 ended,
             );

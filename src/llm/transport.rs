@@ -43,14 +43,17 @@ pub struct CallContext {
     pub deadline: tokio::time::Instant,
     /// The caller's `x-request-id`, forwarded upstream.
     pub request_id: Option<String>,
+    /// The request's trace, the parent of each model call's span (empty when not exported).
+    pub trace: opentelemetry::Context,
 }
 
 impl CallContext {
-    /// A context with `budget` from now.
+    /// A context with `budget` from now, in the current span's trace.
     pub fn with_budget(budget: Duration, request_id: Option<String>) -> Self {
         Self {
             deadline: tokio::time::Instant::now() + budget,
             request_id,
+            trace: crate::telemetry::current_context(),
         }
     }
 }
