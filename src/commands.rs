@@ -138,14 +138,14 @@ pub async fn check(
                             &token.expires_on.replace_nanosecond(0).unwrap_or(token.expires_on)
                         ),
                         human(remaining),
-                        token.secret.expose_secret().len()
+                        token.secret().expose_secret().len()
                     ),
                 );
                 say(
                     out,
                     format_args!(
                         "token identity: {}",
-                        describe_access_token(token.secret.expose_secret(), &settings)
+                        describe_access_token(token.secret().expose_secret(), &settings)
                     ),
                 );
             }

@@ -29,7 +29,7 @@ use azure_identity::{
     ManagedIdentityCredentialOptions, UserAssignedId,
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 
 use crate::{config::EntraSettings, metrics::Metrics};
@@ -53,15 +53,45 @@ const CLI_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The name used when every developer tool failed.
 const DEVELOPER_TOOLS: &str = "DeveloperToolsCredential";
 
-/// A bearer token for Azure OpenAI.
+/// A bearer token for Azure OpenAI; cheap to clone (every attempt takes one).
 #[derive(Clone)]
 pub struct BearerToken {
-    /// The token; never logged.
-    pub secret: SecretString,
+    secret: Arc<SecretString>,
+    /// `Bearer <token>`, made once: a JWT is kilobytes, copied and checked per request otherwise.
+    authorization: Option<reqwest::header::HeaderValue>,
     /// When it expires.
     pub expires_on: OffsetDateTime,
     /// Which credential produced it.
     pub credential: &'static str,
+}
+
+impl BearerToken {
+    /// A token from `credential`, valid until `expires_on`.
+    pub fn new(secret: SecretString, expires_on: OffsetDateTime, credential: &'static str) -> Self {
+        let authorization = reqwest::header::HeaderValue::try_from(format!("Bearer {}", secret.expose_secret()))
+            .ok()
+            .map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
+        Self {
+            secret: Arc::new(secret),
+            authorization,
+            expires_on,
+            credential,
+        }
+    }
+
+    /// The token; never logged.
+    pub fn secret(&self) -> &SecretString {
+        &self.secret
+    }
+
+    /// The `Authorization` header's value (marked sensitive); `None` for a token no header
+    /// can carry, which the request then reports.
+    pub fn authorization(&self) -> Option<reqwest::header::HeaderValue> {
+        self.authorization.clone()
+    }
 }
 
 impl fmt::Debug for BearerToken {
@@ -772,11 +802,11 @@ impl SharedTokenCache {
                     self.sticky.store(index, Ordering::Relaxed);
                     self.metrics.token(source.kind.name(), "success");
                     tracing::info!(credential = source.kind.name(), expires_on = %expires_on, "acquired a Microsoft Entra token");
-                    return Ok(BearerToken {
-                        secret: SecretString::from(token.secret().to_owned()),
+                    return Ok(BearerToken::new(
+                        SecretString::from(token.secret().to_owned()),
                         expires_on,
-                        credential: source.kind.name(),
-                    });
+                        source.kind.name(),
+                    ));
                 }
                 Ok(Err(err)) => explain(source.kind, &source.hints, &self.scope, &err),
                 Err(_) => timed_out(source.kind, &source.hints, source.kind.timeout()),
@@ -1092,20 +1122,20 @@ mod tests {
 
     #[test]
     fn a_token_never_shows_in_debug() {
-        let token = BearerToken {
-            secret: SecretString::from("eyJ-very-secret".to_owned()),
-            expires_on: OffsetDateTime::now_utc(),
-            credential: "x",
-        };
+        let token = BearerToken::new(
+            SecretString::from("eyJ-very-secret".to_owned()),
+            OffsetDateTime::now_utc(),
+            "x",
+        );
         assert!(!format!("{token:?}").contains("very-secret"));
     }
 
     fn token_expiring_in(seconds: i64, now: OffsetDateTime) -> BearerToken {
-        BearerToken {
-            secret: SecretString::from("t".to_owned()),
-            expires_on: now + time::Duration::seconds(seconds),
-            credential: "x",
-        }
+        BearerToken::new(
+            SecretString::from("t".to_owned()),
+            now + time::Duration::seconds(seconds),
+            "x",
+        )
     }
 
     #[test]

@@ -113,7 +113,10 @@ impl Auth {
                     .token()
                     .await
                     .map_err(|err| UpstreamError::Credential(err.message))?;
-                request.bearer_auth(token.secret.expose_secret())
+                match token.authorization() {
+                    Some(value) => request.header(reqwest::header::AUTHORIZATION, value),
+                    None => request.bearer_auth(token.secret().expose_secret()),
+                }
             }
         })
     }

@@ -588,11 +588,11 @@ pub struct FixedToken(pub &'static str);
 #[async_trait::async_trait]
 impl ai_service::credential::TokenProvider for FixedToken {
     async fn token(&self) -> Result<ai_service::credential::BearerToken, ai_service::credential::TokenError> {
-        Ok(ai_service::credential::BearerToken {
-            secret: secrecy::SecretString::from(self.0.to_owned()),
-            expires_on: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
-            credential: "FixedToken",
-        })
+        Ok(ai_service::credential::BearerToken::new(
+            secrecy::SecretString::from(self.0.to_owned()),
+            time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+            "FixedToken",
+        ))
     }
 }
 
