@@ -32,7 +32,7 @@ pub struct CallKind {
 }
 
 /// The parts of a successful answer the conventions name; everything else is skipped
-/// unread (an image answer's megabytes of base64 included).
+/// unread (an image answer's megabytes of base64, and the text, included).
 #[derive(Debug, Default, Deserialize)]
 struct AnswerSummary {
     #[serde(default)]
@@ -59,12 +59,25 @@ struct Usage {
 struct ChoiceSummary {
     #[serde(default)]
     finish_reason: Option<String>,
+}
+
+/// The answer's text, read only when messages are captured.
+#[derive(Debug, Default, Deserialize)]
+struct AnswerText {
     #[serde(default)]
-    message: Option<MessageSummary>,
+    choices: Vec<ChoiceText>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct MessageSummary {
+struct ChoiceText {
+    #[serde(default)]
+    finish_reason: Option<String>,
+    #[serde(default)]
+    message: Option<MessageText>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct MessageText {
     #[serde(default)]
     content: Option<String>,
 }
@@ -159,6 +172,7 @@ impl ModelCall<'_> {
             span,
         } = self;
         let mut status_code = None;
+        let mut answer: &[u8] = &[];
         let (error_type, summary) = match ended {
             Ended::Sent(
                 answered @ Attempt::Answered {
@@ -170,6 +184,7 @@ impl ModelCall<'_> {
                 }
                 status_code = Some(i64::from(status.as_u16()));
                 if status.is_success() {
+                    answer = body;
                     // Unreadable here means unreadable for the caller too: that error is theirs to report.
                     (None, serde_json::from_slice::<AnswerSummary>(body).unwrap_or_default())
                 } else {
@@ -235,7 +250,7 @@ impl ModelCall<'_> {
         }
         if kind.capture_content {
             attributes.push(KeyValue::new("gen_ai.input.messages", input.input_messages()));
-            if let Some(output) = output_messages(&summary) {
+            if let Some(output) = output_messages(answer) {
                 attributes.push(KeyValue::new("gen_ai.output.messages", output));
             }
         }
@@ -254,10 +269,11 @@ pub fn input_messages<'a>(messages: impl IntoIterator<Item = (&'a str, &'a str)>
     serde_json::Value::Array(messages).to_string()
 }
 
-/// The answer's text in the same shape (chat only: an image is no text, and its
-/// base64 would be megabytes on a span).
-fn output_messages(summary: &AnswerSummary) -> Option<String> {
-    let messages: Vec<serde_json::Value> = summary
+/// The text of the answer `body` in the same shape (chat only: an image is no text, and
+/// its base64 would be megabytes on a span).
+fn output_messages(body: &[u8]) -> Option<String> {
+    let answer: AnswerText = serde_json::from_slice(body).ok()?;
+    let messages: Vec<serde_json::Value> = answer
         .choices
         .iter()
         .filter_map(|choice| {
@@ -311,10 +327,8 @@ mod tests {
         let image: serde_json::Value = serde_json::from_str(&input_messages([("user", "A leash")])).unwrap();
         assert_eq!(image[0]["role"], "user");
         assert_eq!(image[0]["parts"][0]["content"], "A leash");
-        let summary: AnswerSummary =
-            serde_json::from_slice(br#"{"choices":[{"finish_reason":"stop","message":{"content":"A red leash."}}]}"#)
-                .unwrap();
-        let output: serde_json::Value = serde_json::from_str(&output_messages(&summary).unwrap()).unwrap();
+        let answer = br#"{"choices":[{"finish_reason":"stop","message":{"content":"A red leash."}}]}"#;
+        let output: serde_json::Value = serde_json::from_str(&output_messages(answer).unwrap()).unwrap();
         assert_eq!(output[0]["parts"][0]["content"], "A red leash.");
         assert_eq!(output[0]["finish_reason"], "stop");
     }
