@@ -78,19 +78,72 @@ fn filter(default: &str) -> EnvFilter {
 }
 
 /// What the exporter's layer sees: the `tracing` spans that say what they are to
-/// OpenTelemetry (the token fetches' CLIENT spans, declaring `otel.kind`), and warnings and
-/// errors as their events. Decided from each callsite's metadata alone, so it is cached: the
-/// other spans and the INFO lines cost the exporter nothing (`make bench` measured the
-/// unfiltered layer at +46% CPU per request). The SERVER and model-call spans do not go
-/// through `tracing` at all (see [`TRACER`]).
+/// OpenTelemetry (the token fetches' CLIENT spans, declaring `otel.kind`). Decided from each
+/// callsite's metadata alone, so it is cached: the other spans and the log lines cost the
+/// exporter nothing (`make bench` measured the unfiltered layer at +46% CPU per request).
+/// The SERVER and model-call spans do not go through `tracing` at all (see [`TRACER`]);
+/// warnings and errors reach the SERVER span through [`SpanEvents`].
 fn export_filter() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool + Clone> {
-    filter_fn(|meta: &tracing::Metadata<'_>| {
-        if meta.is_span() {
-            meta.fields().field("otel.kind").is_some()
-        } else {
-            *meta.level() <= Level::WARN
+    filter_fn(|meta: &tracing::Metadata<'_>| meta.is_span() && meta.fields().field("otel.kind").is_some())
+}
+
+/// Warnings and errors logged while a request runs, as events of its SERVER span (the
+/// request's trace is the current OpenTelemetry context while its future is polled). An
+/// error also marks the span failed. Lines outside any request go to the log only.
+struct SpanEvents;
+
+impl<S: tracing::Subscriber> Layer<S> for SpanEvents {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let context = opentelemetry::Context::current();
+        let span = context.span();
+        if !span.is_recording() {
+            return;
         }
-    })
+        let meta = event.metadata();
+        let mut fields = EventFields::default();
+        event.record(&mut fields);
+        let message = fields.message.unwrap_or_else(|| meta.name().to_owned());
+        fields.attributes.push(KeyValue::new("level", meta.level().as_str()));
+        fields.attributes.push(KeyValue::new("target", meta.target()));
+        if *meta.level() == Level::ERROR {
+            span.set_status(Status::error(message.clone()));
+        }
+        span.add_event(message, fields.attributes);
+    }
+}
+
+/// An event's message and its other fields as attributes.
+#[derive(Default)]
+struct EventFields {
+    message: Option<String>,
+    attributes: Vec<KeyValue>,
+}
+
+impl tracing::field::Visit for EventFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = Some(value.to_owned());
+        } else {
+            self.attributes.push(KeyValue::new(field.name(), value.to_owned()));
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.attributes
+            .push(KeyValue::new(field.name(), i64::try_from(value).unwrap_or(i64::MAX)));
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.attributes.push(KeyValue::new(field.name(), value));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
 }
 
 /// The tracer provider, kept to flush the last spans at shutdown.
@@ -139,6 +192,7 @@ where
             // OpenTelemetry context on every poll of its future is work nothing here reads.
             .with_context_activation(false)
             .with_filter(export_filter())
+            .and_then(SpanEvents.with_filter(tracing::level_filters::LevelFilter::WARN))
     });
     let registry = tracing_subscriber::registry().with(otel);
     let result = match format {

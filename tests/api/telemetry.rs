@@ -381,6 +381,53 @@ async fn a_description_continues_the_callers_trace_through_a_client_span_to_azur
 }
 
 #[tokio::test]
+async fn a_failed_generation_marks_both_spans_and_its_warning_is_an_event_of_the_server_span() {
+    // Arrange: a deployment that fails every time, and no retries.
+    let collector = collector(accepting()).await;
+    let azure = MockServer::start(|_, _| {
+        MockResponse::json(
+            500,
+            json!({"error": {"code": "InternalServerError", "message": "boom"}}),
+        )
+    })
+    .await;
+    let (_service, base, _dir) = traced_binary(&azure, &collector.url, &[("UPSTREAM_MAX_RETRIES", "0")]).await;
+
+    // Act
+    let (status, body) = describe(&base, None).await;
+    assert_eq!(status, 502, "{body}");
+    wait_until(PATIENCE, "the request's spans", || {
+        received(&collector)
+            .iter()
+            .any(|(_, s)| s.name == "POST /generate/description")
+    })
+    .await;
+
+    // Assert: the client span says why, the server span failed with the log's warning on it.
+    let all = received(&collector);
+    let span = |name: &str| {
+        all.iter()
+            .map(|(_, s)| s)
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {all:#?}"))
+    };
+    let (server, client) = (span("POST /generate/description"), span("chat gpt-5-mini"));
+    assert_eq!(client.parent_span_id, server.span_id);
+    assert_eq!(int(&client.attributes, "http.response.status_code"), Some(500));
+    assert_eq!(text(&client.attributes, "error.type").as_deref(), Some("500"));
+    assert_eq!(client.status.as_ref().map(|s| s.code), Some(2), "{client:#?}");
+    assert_eq!(int(&server.attributes, "http.response.status_code"), Some(502));
+    assert_eq!(server.status.as_ref().map(|s| s.code), Some(2), "{server:#?}");
+    let warning = server
+        .events
+        .iter()
+        .find(|e| e.name == "generation failed")
+        .unwrap_or_else(|| panic!("no warning event in {server:#?}"));
+    assert_eq!(text(&warning.attributes, "level").as_deref(), Some("WARN"));
+    assert_eq!(int(&warning.attributes, "status"), Some(502));
+}
+
+#[tokio::test]
 async fn prompts_and_completions_are_recorded_only_when_asked_for() {
     let collector = collector(accepting()).await;
     let azure = MockServer::start(|_, _| MockResponse::json(200, answer("A sturdy rope.", 57, 123))).await;
