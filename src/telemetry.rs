@@ -192,7 +192,9 @@ where
             // OpenTelemetry context on every poll of its future is work nothing here reads.
             .with_context_activation(false)
             .with_filter(export_filter())
-            .and_then(SpanEvents.with_filter(tracing::level_filters::LevelFilter::WARN))
+            // A filter function, not a `LevelFilter`: a level's hint would be combined with
+            // the others' and turn off the DEBUG token spans at their callsites.
+            .and_then(SpanEvents.with_filter(filter_fn(|meta| meta.is_event() && *meta.level() <= Level::WARN)))
     });
     let registry = tracing_subscriber::registry().with(otel);
     let result = match format {
