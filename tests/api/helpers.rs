@@ -55,7 +55,9 @@ pub fn test_ca() -> &'static TestCa {
             .push(rcgen::DnType::CommonName, "localhost");
         let leaf_key = rcgen::KeyPair::generate().unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
-        let dir = std::env::temp_dir().join(format!("ai-service-test-ca-{}", std::process::id()));
+        // Under the target directory (which cargo clean empties), not /tmp: a static is never
+        // dropped, so nothing would remove it.
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("test-ca-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, ca_cert.pem()).unwrap();
