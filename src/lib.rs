@@ -94,7 +94,7 @@ pub fn app(state: AppState) -> Router {
                         .latency_unit(LatencyUnit::Millis),
                 ),
         )
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics));
+        .layer(middleware::from_fn_with_state(state.clone(), observe_request));
     routes::router()
         .route("/metrics", get(metrics_handler))
         .fallback(|| async { AppError::NotFound })
@@ -114,7 +114,9 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// The request's metrics (count, duration, in flight) and, when spans are exported, its
+/// SERVER span.
+async fn observe_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
