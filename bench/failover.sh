@@ -51,9 +51,11 @@ endpoint = "$mock_url"
 deployment = "gpt-5-mini"
 EOF
 
-# start NAME DEPLOYMENT [extra env...]: the service, on a free port, key mode.
+# start NAME DEPLOYMENT [extra env...]: the service, on a free port (in $port), key mode.
+# Not called in $(...): a subshell's pids+= would not reach cleanup, and the services
+# would outlive the benchmark.
 start() {
-  local name=$1 deployment=$2 port
+  local name=$1 deployment=$2
   shift 2
   port=$(free_port)
   env -i PATH="$PATH" PORT="$port" HOST=127.0.0.1 RUST_LOG=warn SSL_CERT_FILE="$work/ca.pem" \
@@ -61,10 +63,11 @@ start() {
     AZURE_OPENAI_API_KEY=bench-key "$@" "$bin" > "$work/$name.log" 2>&1 &
   pids+=("$!")
   until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health") == 200 ]]; do sleep 0.05; done
-  echo "$port"
 }
-direct_port=$(start direct gpt-5-mini)
-failover_port=$(start failover throttled-primary AI_SERVICE_CONFIG="$work/pool.toml")
+start direct gpt-5-mini
+direct_port=$port
+start failover throttled-primary AI_SERVICE_CONFIG="$work/pool.toml"
+failover_port=$port
 
 to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) {sub(/us$/,"",v); printf "%.2f", v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); printf "%.2f", v} else if (v ~ /s$/) {sub(/s$/,"",v); printf "%.2f", v*1000} else print v }'; }
 # measure PORT CONCURRENCY: sets RPS P50 P99 NON2XX.
