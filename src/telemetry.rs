@@ -46,8 +46,8 @@ use crate::config::{LogFormat, TelemetrySettings};
 /// The tracer of the SERVER and model-call spans, set by `init` when spans are exported.
 /// Those spans start through the OpenTelemetry API rather than `tracing`: through
 /// `tracing-opentelemetry` every field of theirs went through each layer of the subscriber
-/// and every poll entered and left them, which `make bench` measured at most of tracing's
-/// cost. The token spans, rarer, stay `tracing` spans.
+/// and every poll entered and left them, which callgrind counted as most of what tracing
+/// cost per request (README, "Performance"). The token spans, rarer, stay `tracing` spans.
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
 /// The tracer for spans started directly; `None` when spans are not exported.
@@ -188,8 +188,9 @@ where
             .with_threads(false)
             .with_location(false)
             .with_tracked_inactivity(false)
-            // Spans find their parents through tracing's own stack; activating each span's
-            // OpenTelemetry context on every poll of its future is work nothing here reads.
+            // No span's OpenTelemetry context is activated on every poll of its future: a token
+            // span, with no exported `tracing` ancestor, takes the current OpenTelemetry
+            // context as its parent, the request's, which `observe_request` attaches.
             .with_context_activation(false)
             .with_filter(export_filter())
             // A filter function, not a `LevelFilter`: a level's hint would be combined with

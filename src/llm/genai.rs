@@ -83,10 +83,8 @@ struct MessageText {
 }
 
 /// One attempt of a model call, as its telemetry sees it: what was asked, and the CLIENT
-/// span, started with the OpenTelemetry API directly when spans are exported (else none).
-/// Not a `tracing` span: through `tracing-opentelemetry` each field went through the
-/// subscriber's layers and every poll entered and left it, which made this span cost more
-/// than the rest of the request's tracing together (`make bench`).
+/// span, started with the OpenTelemetry API directly when spans are exported (else none;
+/// why not a `tracing` span: `telemetry::TRACER`).
 pub struct ModelCall<'a> {
     kind: &'a CallKind,
     request_model: &'a str,
